@@ -1,0 +1,1 @@
+"""Chiffon package."""

@@ -1,0 +1,111 @@
+"""Settings: flags, then ``CHIFFON_*`` environment variables, then ``chiffon.yaml``, then defaults.
+
+Everything has a default that works on a laptop with nothing installed: the
+embedded mode (SQLite, in-process bus, a state directory under
+``$CHIFFON_HOME``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_HOME = Path(os.path.expanduser("~/.local/share/chiffon"))
+DEFAULT_PORT = 8787
+CONFIG_FILE_NAME = "chiffon.yaml"
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Reads ``chiffon.yaml`` through the same hostile-input-safe loader as intents."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self._path is None or not self._path.is_file():
+            return {}
+        from chiffon.resources.yamlio import load_yaml_documents
+
+        documents = load_yaml_documents(self._path.read_bytes(), str(self._path))
+        if not documents or documents[0].data is None:
+            return {}
+        data = documents[0].data
+        if not isinstance(data, dict):
+            raise ValueError(f"{self._path}: expected a mapping of settings")
+        return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHIFFON_", extra="forbid")
+
+    home: Path = Field(default=DEFAULT_HOME, description="state directory")
+    database_url: str | None = Field(default=None, description="SQLAlchemy async URL; SQLite in home if unset")
+    broker_url: str | None = Field(default=None, description="amqp:// URL; in-process bus if unset")
+    intents_repo: str | None = Field(default=None, description="local path or git URL of the intents repo")
+    intents_branch: str = "main"
+    intents_path: str = Field(default="", description="folder inside the intents repo that holds intents")
+    infra_repo: Path | None = Field(default=None, description="the homelab-infra checkout")
+    audit_repo: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    api_token: SecretStr | None = Field(default=None, description="bearer token required by the API")
+    git_poll_interval: float = Field(default=60.0, gt=0, description="seconds between fetches of a remote repo")
+    log_level: str = "INFO"
+
+    @field_validator("home", "infra_repo", "audit_repo", mode="before")
+    @classmethod
+    def _expand_user(cls, value: Any) -> Any:
+        return Path(os.path.expanduser(str(value))) if value not in (None, "") else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = os.environ.get("CHIFFON_CONFIG")
+        if config:
+            path: Path | None = Path(config)
+        else:
+            home = Path(os.path.expanduser(os.environ.get("CHIFFON_HOME", str(DEFAULT_HOME))))
+            path = home / CONFIG_FILE_NAME
+        return (init_settings, env_settings, _YamlFileSource(settings_cls, path))
+
+    # Derived locations --------------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'chiffon.db'}"
+
+    @property
+    def resolved_intents_repo(self) -> str:
+        return self.intents_repo or str(self.home / "intents")
+
+    @property
+    def resolved_infra_repo(self) -> Path:
+        return self.infra_repo or self.home / "homelab-infra"
+
+    @property
+    def resolved_audit_repo(self) -> Path:
+        return self.audit_repo or self.home / "audit"
+
+    @property
+    def listens_beyond_loopback(self) -> bool:
+        if self.host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return True

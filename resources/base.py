@@ -1,0 +1,131 @@
+"""Shared building blocks for every Chiffon resource and message.
+
+Field names are snake_case in Python and camelCase on the wire, like the
+Kubernetes API. Every model forbids unknown fields so a typo in a YAML file is
+reported with its path instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import timedelta
+from pathlib import PurePosixPath
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "chiffon.dev"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_CAMEL_WORD = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+
+MAX_VARS_DEPTH = 32
+MAX_VARS_ITEMS = 10_000
+
+
+class Model(BaseModel):
+    """Base for all resources: camelCase aliases, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        alias_generator=to_camel,
+        validate_assignment=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready, camelCase form used in YAML, the API and messages."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def validate_dns1123_label(value: str) -> str:
+    if len(value) > 63:
+        raise ValueError(f"must be at most 63 characters (got {len(value)})")
+    if not _DNS1123_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 label: use lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def validate_camel_word(value: str) -> str:
+    if not _CAMEL_WORD.match(value) or len(value) > 128:
+        raise ValueError(f"{value!r} must be one CamelCase word such as 'AwaitingApproval'")
+    return value
+
+
+def parse_duration(value: str) -> timedelta:
+    """Parse a Go-style duration such as '90s', '5m' or '1h30m'."""
+    match = _DURATION.match(value.strip()) if value else None
+    if not value or match is None or not any(match.groups()):
+        raise ValueError(f"{value!r} is not a duration: write it like '30s', '5m', '1h' or '1h30m'")
+    hours, minutes, seconds = (int(group or 0) for group in match.groups())
+    return timedelta(hours=hours, minutes=minutes, seconds=seconds)
+
+
+def _validate_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+def validate_repo_path(value: str) -> str:
+    """A path inside the homelab-infra repository, checked lexically.
+
+    This is the pure half of the check; whoever opens the file also refuses
+    symlinks that resolve outside the repository.
+    """
+    if not value or len(value) > 1024:
+        raise ValueError("must be a non-empty path of at most 1024 characters")
+    if "\x00" in value or "\\" in value:
+        raise ValueError(f"{value!r} contains a NUL or backslash; use '/' separated paths")
+    path = PurePosixPath(value)
+    if path.is_absolute() or value.startswith("~"):
+        raise ValueError(f"{value!r} must be relative to the homelab-infra repository, not absolute")
+    depth = 0
+    for part in path.parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            raise ValueError(f"{value!r} escapes the homelab-infra repository")
+    return value
+
+
+def validate_plain_data(value: Any, _depth: int = 0, _budget: list[int] | None = None) -> Any:
+    """Accept only JSON-like data: maps with string keys, lists, str, int, float, bool, null."""
+    budget = _budget if _budget is not None else [MAX_VARS_ITEMS]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValueError(f"vars hold more than {MAX_VARS_ITEMS} values")
+    if _depth > MAX_VARS_DEPTH:
+        raise ValueError(f"vars are nested deeper than {MAX_VARS_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("vars must not hold NaN or infinity")
+        return value
+    if isinstance(value, list):
+        return [validate_plain_data(item, _depth + 1, budget) for item in value]
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise ValueError(f"vars keys must be strings (got {type(key).__name__} {key!r})")
+        return {key: validate_plain_data(item, _depth + 1, budget) for key, item in value.items()}
+    raise ValueError(f"vars must be plain data (got {type(value).__name__})")
+
+
+def _validate_plain_mapping(value: dict[str, Any]) -> dict[str, Any]:
+    result = validate_plain_data(value)
+    assert isinstance(result, dict)
+    return result
+
+
+DNS1123Name = Annotated[str, AfterValidator(validate_dns1123_label)]
+CamelWord = Annotated[str, AfterValidator(validate_camel_word)]
+Duration = Annotated[str, AfterValidator(_validate_duration)]
+RepoPath = Annotated[str, AfterValidator(validate_repo_path)]
+PlainVars = Annotated[dict[str, Any], AfterValidator(_validate_plain_mapping)]
