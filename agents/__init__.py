@@ -1,1 +1,1 @@
-"""Chiffon package."""
+"""Agents: the infra agent (ansible-runner) and desktop agents (capacity)."""

@@ -1,1 +1,1 @@
-"""Chiffon package."""
+"""The HTTP API, the chat page and the chiffonctl client."""

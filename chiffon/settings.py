@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-DEFAULT_HOME = Path(os.path.expanduser("~/.local/share/chiffon"))
+DEFAULT_HOME = Path("~/.local/share/chiffon").expanduser()
 DEFAULT_PORT = 8787
 CONFIG_FILE_NAME = "chiffon.yaml"
 
@@ -48,23 +48,29 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHIFFON_", extra="forbid")
 
     home: Path = Field(default=DEFAULT_HOME, description="state directory")
-    database_url: str | None = Field(default=None, description="SQLAlchemy async URL; SQLite in home if unset")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; SQLite in home if unset"
+    )
     broker_url: str | None = Field(default=None, description="amqp:// URL; in-process bus if unset")
     intents_repo: str | None = Field(default=None, description="local path or git URL of the intents repo")
-    intents_branch: str = "main"
+    intents_branch: str | None = Field(
+        default=None, description="branch to read; default: the checked-out or the remote's default branch"
+    )
     intents_path: str = Field(default="", description="folder inside the intents repo that holds intents")
     infra_repo: Path | None = Field(default=None, description="the homelab-infra checkout")
     audit_repo: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     api_token: SecretStr | None = Field(default=None, description="bearer token required by the API")
-    git_poll_interval: float = Field(default=60.0, gt=0, description="seconds between fetches of a remote repo")
+    git_poll_interval: float = Field(
+        default=60.0, gt=0, description="seconds between fetches of a remote repo"
+    )
     log_level: str = "INFO"
 
     @field_validator("home", "infra_repo", "audit_repo", mode="before")
     @classmethod
     def _expand_user(cls, value: Any) -> Any:
-        return Path(os.path.expanduser(str(value))) if value not in (None, "") else value
+        return Path(str(value)).expanduser() if value not in (None, "") else value
 
     @classmethod
     def settings_customise_sources(
@@ -79,7 +85,7 @@ class Settings(BaseSettings):
         if config:
             path: Path | None = Path(config)
         else:
-            home = Path(os.path.expanduser(os.environ.get("CHIFFON_HOME", str(DEFAULT_HOME))))
+            home = Path(os.environ.get("CHIFFON_HOME", str(DEFAULT_HOME))).expanduser()
             path = home / CONFIG_FILE_NAME
         return (init_settings, env_settings, _YamlFileSource(settings_cls, path))
 

@@ -1,1 +1,1 @@
-"""Chiffon package."""
+"""Control loops: the git source, reconcilers, the manager."""

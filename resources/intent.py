@@ -165,11 +165,12 @@ class IntentStatus(Model):
     last_applied_digest: str | None = None
     last_run: RunSummary | None = None
     blocked_by: str | None = None
+    source_path: str | None = Field(default=None, description="file in the intents repo that declares it")
 
 
 class DeploymentIntent(Model):
-    api_version: Literal["chiffon.dev/v1alpha1"] = API_VERSION
-    kind: Literal["DeploymentIntent"] = KIND
+    api_version: Literal["chiffon.dev/v1alpha1"] = "chiffon.dev/v1alpha1"
+    kind: Literal["DeploymentIntent"] = "DeploymentIntent"
     metadata: ObjectMeta
     spec: DeploymentIntentSpec
     status: IntentStatus | None = None

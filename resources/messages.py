@@ -143,7 +143,7 @@ class ProtocolError(ValueError):
 
 
 class Envelope(Model):
-    protocol: Literal["chiffon/v1"] = PROTOCOL
+    protocol: Literal["chiffon/v1"] = "chiffon/v1"
     type: MessageType
     message_id: str = Field(min_length=1, max_length=200)
     correlation_id: str | None = Field(default=None, max_length=200)
@@ -160,7 +160,7 @@ class Envelope(Model):
         if kind in PAYLOAD_TYPES.values() or not isinstance(payload, dict):
             return data
         try:
-            model = PAYLOAD_TYPES[MessageType(kind)]
+            model = PAYLOAD_TYPES[MessageType(str(kind))]
         except ValueError:
             return data  # the field validator reports the unknown type
         return {**data, "payload": model.model_validate(payload)}

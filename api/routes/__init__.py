@@ -1,1 +1,1 @@
-"""Chiffon package."""
+"""REST routes, one module per resource."""

@@ -1,0 +1,89 @@
+"""The FastAPI application: REST under ``/api/v1``, OpenAPI at ``/docs``.
+
+Routes are thin; failures from the layers below are mapped to HTTP here, once:
+invalid documents → 422 with one entry per problem, unknown names → 404, a
+git conflict → 409, a database or git outage → 503. Nothing below leaks a
+stack trace to a client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, FastAPI, Request, status
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+
+from chiffon import __version__
+from chiffon.api.context import ServerContext
+from chiffon.api.deps import AuthDep
+from chiffon.api.routes import audit, health, intents, sources
+from chiffon.controllers.intents_writer import ApplyError, NotFoundError
+from chiffon.gitrepo import GitError
+from chiffon.store import StoreError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def create_app(context: ServerContext) -> FastAPI:
+    app = FastAPI(
+        title="Chiffon",
+        version=__version__,
+        description="GitOps control loops for Ansible-managed homelabs.",
+    )
+    app.state.context = context
+    api = APIRouter(prefix="/api/v1", dependencies=[AuthDep])
+    for module in (intents, sources, audit, health):
+        api.include_router(module.router)
+    app.include_router(api)
+    _install_handlers(app)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app
+
+
+def _error(status_code: int, detail: str, errors: list[dict[str, object]] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "errors": errors or []}, status_code=status_code)
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return _error(
+                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}",
+            )
+        response: Response = await call_next(request)
+        return response
+
+    @app.exception_handler(ApplyError)
+    async def invalid_documents(_: Request, exc: ApplyError) -> JSONResponse:
+        problems = [
+            {"source": e.source, "line": e.line, "field": e.field, "message": e.message} for e in exc.errors
+        ]
+        count = len(problems)
+        return _error(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            f"{count} problem{'s' if count != 1 else ''} found; nothing was applied",
+            problems,
+        )
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return _error(status.HTTP_404_NOT_FOUND, str(exc))
+
+    @app.exception_handler(GitError)
+    async def git_failed(_: Request, exc: GitError) -> JSONResponse:
+        log.warning("git operation failed: %s", exc)
+        return _error(status.HTTP_409_CONFLICT, f"the intents repo refused the change: {exc}")
+
+    @app.exception_handler(StoreError)
+    async def store_down(_: Request, exc: StoreError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return _error(status.HTTP_503_SERVICE_UNAVAILABLE, f"database unavailable: {exc}")

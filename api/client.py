@@ -1,0 +1,146 @@
+"""A small typed HTTP client for the Chiffon API, used by ``chiffonctl``."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+DEFAULT_SERVER = "http://127.0.0.1:8787"
+TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    source: str | None
+    line: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = (self.source or "") + (f":{self.line}" if self.line else "")
+        prefix = f"{where}: " if where else ""
+        return f"{prefix}{self.field}: {self.message}" if self.field else f"{prefix}{self.message}"
+
+
+class ApiError(RuntimeError):
+    """The server answered with an error; ``problems`` holds per-document details."""
+
+    def __init__(self, status: int, detail: str, problems: list[Problem] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.problems = problems or []
+
+
+class UnreachableError(RuntimeError):
+    pass
+
+
+def local_identity() -> str:
+    """Who is running chiffonctl: $CHIFFON_USER, else git's user, else the login name."""
+    stated = os.environ.get("CHIFFON_USER", "").strip()
+    if stated:
+        return stated
+    try:
+        name = _git_config("user.name")
+        email = _git_config("user.email")
+        if name and email:
+            return f"{name} <{email}>"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"{getpass.getuser()} <{getpass.getuser()}@{socket.gethostname()}>"
+
+
+def _git_config(key: str) -> str:
+    result = subprocess.run(
+        ["git", "config", "--get", key], capture_output=True, text=True, timeout=5, check=False
+    )
+    return result.stdout.strip()
+
+
+class ChiffonClient:
+    def __init__(self, server: str, token: str | None = None) -> None:
+        self.server = server.rstrip("/")
+        headers = {"X-Chiffon-Actor": local_identity(), "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(base_url=f"{self.server}/api/v1", headers=headers, timeout=TIMEOUT_SECONDS)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise UnreachableError(
+                f"cannot reach the Chiffon server at {self.server} ({reason}). "
+                "Start it with `chiffon up`, or point --server / CHIFFON_SERVER at it"
+            ) from None
+        if response.is_error:
+            raise _api_error(response)
+        return response.json()
+
+    # Resources ---------------------------------------------------------------------------
+
+    def list_intents(self, selector: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": selector} if selector else None
+        items: list[dict[str, Any]] = self.request("GET", "/intents", params=params)["items"]
+        return items
+
+    def get_intent(self, name: str) -> dict[str, Any] | None:
+        try:
+            intent: dict[str, Any] = self.request("GET", f"/intents/{name}")
+            return intent
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def apply(self, files: list[tuple[str, str]], *, message: str | None, dry_run: bool) -> dict[str, Any]:
+        body = {
+            "files": [{"name": n, "content": c} for n, c in files],
+            "message": message,
+            "dry_run": dry_run,
+        }
+        result: dict[str, Any] = self.request("POST", "/intents/apply", json=body)
+        return result
+
+    def delete_intent(self, name: str, *, message: str | None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("DELETE", f"/intents/{name}", json={"message": message})
+        return result
+
+    def list_sources(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.request("GET", "/sources")["items"]
+        return items
+
+    def audit(self, **filters: Any) -> list[dict[str, Any]]:
+        params = {key: value for key, value in filters.items() if value is not None}
+        items: list[dict[str, Any]] = self.request("GET", "/audit", params=params)["items"]
+        return items
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        return ApiError(response.status_code, f"HTTP {response.status_code}: {response.text[:200]}")
+    detail = body.get("detail") if isinstance(body, dict) else None
+    problems = []
+    if isinstance(detail, list):  # FastAPI's own request validation errors
+        for item in detail:
+            where = ".".join(str(part) for part in item.get("loc", []))
+            problems.append(Problem(None, None, where, item.get("msg", "invalid")))
+        detail = "the request was invalid"
+    for item in body.get("errors", []) if isinstance(body, dict) else []:
+        problems.append(
+            Problem(item.get("source"), item.get("line"), item.get("field"), item.get("message", ""))
+        )
+    return ApiError(response.status_code, str(detail or f"HTTP {response.status_code}"), problems)

@@ -1,0 +1,21 @@
+"""Liveness and version."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from chiffon import __version__
+from chiffon.api.deps import StoreDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz(store: StoreDep) -> dict[str, str]:
+    await store.ping()
+    return {"status": "ok"}
+
+
+@router.get("/version")
+async def version() -> dict[str, str]:
+    return {"version": __version__, "protocol": "chiffon/v1"}

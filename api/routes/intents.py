@@ -1,0 +1,87 @@
+"""DeploymentIntents: read from the store, written through git."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from chiffon.api.deps import ActorDep, SourceDep, StoreDep, WriterDep
+from chiffon.api.schemas import (
+    AppliedIntentResponse,
+    ApplyRequest,
+    ApplyResponse,
+    DeleteRequest,
+    ListResponse,
+)
+from chiffon.controllers.intents_writer import SubmittedFile, validate_submission
+from chiffon.resources import DeploymentIntent
+
+router = APIRouter(prefix="/intents", tags=["intents"])
+
+
+def parse_selector(selector: str | None) -> dict[str, str] | None:
+    """``key=value,key2=value2`` as kubectl's ``-l``."""
+    if not selector:
+        return None
+    pairs = {}
+    for part in selector.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                detail=f"label selector {part!r} must look like key=value",
+            )
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def with_source_path(intent: DeploymentIntent, paths: dict[str, str]) -> dict[str, Any]:
+    if intent.status is not None:
+        intent.status.source_path = paths.get(intent.metadata.name)
+    return intent.to_wire()
+
+
+@router.get("", response_model=ListResponse)
+async def list_intents(
+    store: StoreDep,
+    source: SourceDep,
+    selector: Annotated[str | None, Query(alias="labelSelector", max_length=1000)] = None,
+) -> dict[str, Any]:
+    intents = await store.list_intents(label_selector=parse_selector(selector))
+    paths = {name: ref.path for name, ref in (await store.intent_sources(source.config.name)).items()}
+    return {"apiVersion": "v1", "kind": "List", "items": [with_source_path(i, paths) for i in intents]}
+
+
+@router.get("/{name}")
+async def get_intent(name: str, store: StoreDep, source: SourceDep) -> dict[str, Any]:
+    intent = await store.get_intent(name)
+    if intent is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"deploymentintent/{name} not found")
+    paths = {n: ref.path for n, ref in (await store.intent_sources(source.config.name)).items()}
+    return with_source_path(intent, paths)
+
+
+@router.post("/apply", response_model=ApplyResponse)
+async def apply_intents(body: ApplyRequest, writer: WriterDep, actor: ActorDep) -> ApplyResponse:
+    """Validate every document, commit them to the intents repo as the caller, then sync."""
+    files = [SubmittedFile(f.name, f.content.encode()) for f in body.files]
+    if body.dry_run:
+        parsed = validate_submission(files)
+        return ApplyResponse(
+            revision=None,
+            committed=False,
+            intents=[
+                AppliedIntentResponse(name=p.intent.metadata.name, outcome="valid", path="") for p in parsed
+            ],
+        )
+    report = await writer.apply(files, actor, message=body.message)
+    return ApplyResponse.model_validate(report, from_attributes=True)
+
+
+@router.delete("/{name}", response_model=ApplyResponse)
+async def delete_intent(
+    name: str, writer: WriterDep, actor: ActorDep, body: DeleteRequest | None = None
+) -> ApplyResponse:
+    report = await writer.delete(name, actor, message=body.message if body else None)
+    return ApplyResponse.model_validate(report, from_attributes=True)

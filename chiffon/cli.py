@@ -1,0 +1,328 @@
+"""``chiffon``: the server commands. This module is the composition root.
+
+``chiffon up`` is the embedded default: API, controllers (and, as later
+capabilities land, the agents) in one process, with SQLite and a state
+directory it creates. ``chiffon api`` / ``chiffon controller`` run the same
+parts separately against PostgreSQL for the distributed mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from chiffon.api.app import create_app
+from chiffon.api.context import ServerContext
+from chiffon.controllers.intents_writer import IntentsWriter
+from chiffon.controllers.manager import Manager, NamedLoop
+from chiffon.controllers.source import GitSource, SourceConfig
+from chiffon.gitrepo import GitError, GitRepo, is_remote_url
+from chiffon.settings import Settings
+from chiffon.store import Store, StoreError
+
+log = logging.getLogger("chiffon")
+
+app = typer.Typer(
+    name="chiffon",
+    help="Chiffon servers: `chiffon up` runs everything in one process on this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+INTENTS_README = b"""# Intents
+
+Chiffon reads every `*.yaml` file in this repository as DeploymentIntent resources.
+Commit a change here (or run `chiffonctl apply -f FILE`) and Chiffon picks it up;
+uncommitted edits are not applied.
+"""
+AUDIT_README = b"# Audit\n\nOne JSON document per run or decision, written by Chiffon.\n"
+
+
+class StartupError(RuntimeError):
+    """A problem a person must fix before Chiffon can start; printed as one line."""
+
+
+# Locations ---------------------------------------------------------------------------------
+
+
+def bundled_examples() -> Path:
+    """The examples folder: beside the package in a checkout, or inside the installed package."""
+    checkout = Path(__file__).resolve().parent.parent / "examples"
+    if (checkout / "homelab-infra").is_dir():
+        return checkout
+    from importlib.resources import files
+
+    return Path(str(files("chiffon.examples")))
+
+
+async def prepare_infra_repo(settings: Settings) -> Path:
+    """Use the configured homelab-infra repo, or a git copy of the bundled example."""
+    path = settings.resolved_infra_repo
+    if settings.infra_repo is not None:
+        if not path.is_dir():
+            raise StartupError(f"--infra-repo {path} is not a folder")
+        return path
+    if not path.exists():
+        shutil.copytree(
+            bundled_examples() / "homelab-infra",
+            path,
+            ignore=shutil.ignore_patterns(".git", "__pycache__", ".ansible", "*.retry"),
+        )
+    await GitRepo.init(path, initial_files=None, message="Import the example homelab-infra repo")
+    return path
+
+
+async def prepare_git_repos(settings: Settings) -> None:
+    intents = settings.resolved_intents_repo
+    if not is_remote_url(intents):
+        path = Path(intents)
+        if settings.intents_repo is not None and not (path / ".git").exists():
+            raise StartupError(f"intents repo {path} is not a git repository (run `git init` there)")
+        await GitRepo.init(
+            path, initial_files={"README.md": INTENTS_README}, message="Create the intents repo"
+        )
+    await GitRepo.init(
+        settings.resolved_audit_repo,
+        initial_files={"README.md": AUDIT_README},
+        message="Create the audit repo",
+    )
+
+
+async def open_store(settings: Settings) -> Store:
+    store = Store.from_url(settings.resolved_database_url)
+    await store.migrate()
+    return store
+
+
+async def open_source(settings: Settings, store: Store) -> GitSource:
+    config = SourceConfig(
+        location=settings.resolved_intents_repo,
+        checkout_dir=settings.home / "checkouts" / "intents",
+        branch=settings.intents_branch,
+        path=settings.intents_path,
+        poll_interval=settings.git_poll_interval,
+    )
+    source = GitSource(config, store)
+    await source.open()
+    return source
+
+
+def check_listen_address(settings: Settings) -> None:
+    if settings.listens_beyond_loopback and settings.api_token is None:
+        raise StartupError(
+            f"refusing to listen on {settings.host} without authentication: "
+            "set CHIFFON_API_TOKEN (or api_token in chiffon.yaml), or listen on 127.0.0.1"
+        )
+    with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}); "
+                "is another Chiffon running? Choose another port with --port"
+            ) from None
+
+
+# Running -------------------------------------------------------------------------------------
+
+
+async def _serve(settings: Settings, context: ServerContext, loops: list[NamedLoop]) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(
+        create_app(context),
+        host=settings.host,
+        port=settings.port,
+        lifespan="off",
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    stop = asyncio.Event()
+    manager = asyncio.create_task(Manager(loops).run(stop), name="manager")
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        await manager
+
+
+async def _run_until_signal(loops: list[NamedLoop]) -> None:
+    stop = asyncio.Event()
+    running = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        running.add_signal_handler(signum, stop.set)
+    await Manager(loops).run(stop)
+
+
+async def run_up(settings: Settings) -> None:
+    check_listen_address(settings)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    infra = await prepare_infra_repo(settings)
+    await prepare_git_repos(settings)
+    store = await open_store(settings)
+    try:
+        source = await open_source(settings, store)
+        await source.sync()
+        context = ServerContext(settings, store, source, IntentsWriter(source))
+        _banner(settings, infra)
+        await _serve(settings, context, [NamedLoop("git-source", source.run)])
+    finally:
+        await store.close()
+
+
+async def run_api(settings: Settings) -> None:
+    check_listen_address(settings)
+    store = await open_store(settings)
+    try:
+        source = await open_source(settings, store)
+        context = ServerContext(settings, store, source, IntentsWriter(source))
+        await _serve(settings, context, [])
+    finally:
+        await store.close()
+
+
+async def run_controller(settings: Settings) -> None:
+    store = await open_store(settings)
+    try:
+        source = await open_source(settings, store)
+        await _run_until_signal([NamedLoop("git-source", source.run)])
+    finally:
+        await store.close()
+
+
+def _banner(settings: Settings, infra: Path) -> None:
+    url = f"http://{settings.host}:{settings.port}"
+    lines = [
+        f"Chiffon is up on {url}  (API docs: {url}/docs)",
+        f"  state:         {settings.home}",
+        f"  database:      {_redact(settings.resolved_database_url)}",
+        f"  intents repo:  {settings.resolved_intents_repo}",
+        f"  homelab-infra: {infra}",
+        "Next, in another terminal:  chiffonctl apply -f examples/intents/  &&  chiffonctl get intents",
+        "Stop with Ctrl-C.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":")[0]
+    return f"{scheme}{sep}{user}:***@{host}" if ":" in credentials else url
+
+
+# Commands ------------------------------------------------------------------------------------
+
+HomeOption = Annotated[Path | None, typer.Option("--home", help="state directory [env: CHIFFON_HOME]")]
+HostOption = Annotated[str | None, typer.Option("--host", help="address to listen on [default: 127.0.0.1]")]
+PortOption = Annotated[int | None, typer.Option("--port", help="port to listen on [default: 8787]")]
+InfraOption = Annotated[
+    Path | None, typer.Option("--infra-repo", help="your homelab-infra checkout [env: CHIFFON_INFRA_REPO]")
+]
+IntentsOption = Annotated[
+    str | None, typer.Option("--intents-repo", help="path or git URL of the intents repo")
+]
+
+
+def load_settings(**overrides: object) -> Settings:
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except (ValidationError, ValueError) as exc:
+        raise StartupError(f"invalid settings: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"{where}: {first['msg']}"
+    return str(exc).splitlines()[0]
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """Turn the errors a person can fix into one line and exit status 2."""
+    try:
+        yield
+    except (StartupError, StoreError, GitError) as exc:
+        typer.echo(f"chiffon: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def up(
+    home: HomeOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    infra_repo: InfraOption = None,
+    intents_repo: IntentsOption = None,
+) -> None:
+    """Run Chiffon in one process: API, controllers, SQLite, local git repos."""
+    with _reported():
+        settings = load_settings(
+            home=home, host=host, port=port, infra_repo=infra_repo, intents_repo=intents_repo
+        )
+        _configure_logging(settings)
+        asyncio.run(run_up(settings))
+
+
+@app.command()
+def api(home: HomeOption = None, host: HostOption = None, port: PortOption = None) -> None:
+    """Run only the API server (distributed mode)."""
+    with _reported():
+        settings = load_settings(home=home, host=host, port=port)
+        _configure_logging(settings)
+        asyncio.run(run_api(settings))
+
+
+@app.command()
+def controller(home: HomeOption = None) -> None:
+    """Run only the controllers (distributed mode)."""
+    with _reported():
+        settings = load_settings(home=home)
+        _configure_logging(settings)
+        asyncio.run(run_controller(settings))
+
+
+@app.command()
+def migrate(home: HomeOption = None) -> None:
+    """Create or upgrade the database schema, then exit."""
+    with _reported():
+        settings = load_settings(home=home)
+
+        async def _migrate() -> None:
+            store = await open_store(settings)
+            await store.close()
+
+        asyncio.run(_migrate())
+        typer.echo(f"database at {_redact(settings.resolved_database_url)} is up to date")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,343 @@
+"""The git adapter: every git operation Chiffon performs goes through here.
+
+We drive the ``git`` command line rather than a binding: it is on every
+machine that has a homelab repo, it understands every remote and credential
+helper the user already set up, and its plumbing commands (``ls-tree``,
+``cat-file --batch``) read a whole tree without touching the working copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+DEFAULT_BRANCH = "main"
+_GIT_TIMEOUT_SECONDS = 120.0
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")
+
+
+class GitError(RuntimeError):
+    """A git command failed; the message carries git's own words."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    email: str
+
+    @classmethod
+    def parse(cls, text: str) -> Identity:
+        """Accept ``Name <email>``, a bare email or a bare name."""
+        match = re.match(r"^\s*(.*?)\s*<([^<>]+)>\s*$", text)
+        if match and match.group(1):
+            return cls(match.group(1), match.group(2))
+        if match:
+            return cls(match.group(2).split("@")[0], match.group(2))
+        if "@" in text:
+            return cls(text.split("@")[0], text.strip())
+        cleaned = text.strip() or "unknown"
+        return cls(cleaned, f"{re.sub(r'[^A-Za-z0-9._-]', '-', cleaned)}@chiffon.local")
+
+    def __str__(self) -> str:
+        return f"{self.name} <{self.email}>"
+
+
+CHIFFON_IDENTITY = Identity("Chiffon", "chiffon@chiffon.local")
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    path: str
+    blob: str
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    author: Identity
+    subject: str
+
+
+def is_remote_url(location: str) -> bool:
+    """True for anything git fetches over a transport, False for a local folder."""
+    return "://" in location or bool(_SCP_LIKE.match(location))
+
+
+def _git_env(identity: Identity | None = None) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("GIT_") or key in {"GIT_SSH_COMMAND", "GIT_SSH", "GIT_ASKPASS"}
+    }
+    # Never prompt: a server process has no terminal to answer on.
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    env["LC_ALL"] = "C"
+    committer = identity or CHIFFON_IDENTITY
+    env.setdefault("GIT_COMMITTER_NAME", CHIFFON_IDENTITY.name)
+    env.setdefault("GIT_COMMITTER_EMAIL", CHIFFON_IDENTITY.email)
+    env["GIT_AUTHOR_NAME"] = committer.name
+    env["GIT_AUTHOR_EMAIL"] = committer.email
+    return env
+
+
+async def run_git(
+    cwd: Path | None,
+    *args: str,
+    stdin: bytes | None = None,
+    author: Identity | None = None,
+    check: bool = True,
+    time_limit: float = _GIT_TIMEOUT_SECONDS,
+) -> bytes:
+    """Run one git command and return its stdout; raise GitError with stderr on failure."""
+    process = await asyncio.create_subprocess_exec(
+        "git",
+        "-c",
+        "core.quotePath=false",
+        "-c",
+        "commit.gpgSign=false",
+        *args,
+        cwd=str(cwd) if cwd else None,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=_git_env(author),
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(stdin), time_limit)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise GitError(f"git {args[0]} took longer than {time_limit:.0f}s") from None
+    if check and process.returncode != 0:
+        message = stderr.decode(errors="replace").strip().splitlines()
+        detail = message[-1] if message else f"exit status {process.returncode}"
+        raise GitError(f"git {args[0]} failed in {cwd}: {detail}")
+    return stdout
+
+
+class GitRepo:
+    """A working copy on disk: the intents repo, the audit repo or homelab-infra."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # Commits from one process go one at a time; git's index.lock covers other processes.
+        self._write_lock = asyncio.Lock()
+
+    async def git(self, *args: str, **kwargs: object) -> bytes:
+        return await run_git(self.path, *args, **kwargs)  # type: ignore[arg-type]
+
+    # Creating -------------------------------------------------------------------------
+
+    @classmethod
+    async def init(
+        cls,
+        path: Path,
+        *,
+        branch: str = DEFAULT_BRANCH,
+        initial_files: Mapping[str, bytes] | None = None,
+        message: str = "Initialise repository",
+    ) -> GitRepo:
+        """Open the repo at ``path``, creating it with a first commit if it does not exist."""
+        repo = cls(path)
+        if (path / ".git").exists():
+            return repo
+        path.mkdir(parents=True, exist_ok=True)
+        await run_git(path, "init", "-q", "-b", branch)
+        files = dict(initial_files or {"README.md": b"# Chiffon repository\n"})
+        await repo.commit(files, message, CHIFFON_IDENTITY)
+        return repo
+
+    @classmethod
+    async def clone(cls, url: str, path: Path, *, branch: str | None = None) -> GitRepo:
+        if (path / ".git").exists():
+            return cls(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        args = ["clone", "-q", "--no-tags"]
+        if branch:
+            args += ["--branch", branch]
+        await run_git(None, *args, "--", url, str(path))
+        return cls(path)
+
+    # Reading --------------------------------------------------------------------------
+
+    async def resolve(self, ref: str) -> str | None:
+        """The commit a ref points at, or None when it does not exist (e.g. an empty repo)."""
+        out = await run_git(self.path, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)
+        sha = out.decode().strip()
+        return sha if _SHA.match(sha) else None
+
+    async def current_branch(self) -> str | None:
+        out = await run_git(self.path, "symbolic-ref", "-q", "--short", "HEAD", check=False)
+        return out.decode().strip() or None
+
+    async def list_files(self, ref: str, under: str = "") -> list[TreeEntry]:
+        """Every blob in the tree of ``ref`` (below ``under``), without touching the working copy."""
+        args = ["ls-tree", "-r", "-z", "--full-tree", ref]
+        if under.strip("/"):
+            args += ["--", under.strip("/")]
+        out = await self.git(*args)
+        entries = []
+        for record in out.split(b"\0"):
+            if not record:
+                continue
+            meta, _, path = record.partition(b"\t")
+            mode, kind, blob = meta.decode().split()
+            # Symlinks (120000) and submodules are never read: a link could point outside the repo.
+            if kind == "blob" and mode in {"100644", "100755"}:
+                entries.append(TreeEntry(path.decode(), blob))
+        return entries
+
+    async def read_blobs(self, blobs: Iterable[str]) -> dict[str, bytes]:
+        """Read many blobs in one ``git cat-file --batch`` process."""
+        wanted = list(dict.fromkeys(blobs))
+        if not wanted:
+            return {}
+        out = await self.git("cat-file", "--batch", stdin=("\n".join(wanted) + "\n").encode())
+        contents: dict[str, bytes] = {}
+        position = 0
+        for blob in wanted:
+            header_end = out.index(b"\n", position)
+            header = out[position:header_end].decode().split()
+            if len(header) < 3 or header[1] == "missing":
+                raise GitError(f"blob {blob} is missing from {self.path}")
+            size = int(header[2])
+            start = header_end + 1
+            contents[blob] = out[start : start + size]
+            position = start + size + 1
+        return contents
+
+    async def read_file(self, ref: str, path: str) -> bytes | None:
+        if not await self.succeeds("cat-file", "-e", f"{ref}:{path}"):
+            return None
+        return await self.git("cat-file", "blob", f"{ref}:{path}")
+
+    async def succeeds(self, *args: str) -> bool:
+        """Run a git command only for its exit status."""
+        process = await asyncio.create_subprocess_exec(
+            "git",
+            *args,
+            cwd=str(self.path),
+            env=_git_env(),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return await process.wait() == 0
+
+    async def commit_info(self, ref: str) -> CommitInfo:
+        out = await self.git("log", "-1", "--format=%H%x00%an%x00%ae%x00%s", ref)
+        sha, name, email, subject = out.decode().rstrip("\n").split("\0")
+        return CommitInfo(sha, Identity(name, email), subject)
+
+    async def uncommitted_files(self, under: str = "") -> list[str]:
+        """Files changed in the working copy but not committed (they are not applied until committed)."""
+        args = ["status", "--porcelain", "-z", "--untracked-files=all"]
+        if under.strip("/"):
+            args += ["--", under.strip("/")]
+        out = await self.git(*args)
+        return sorted(record[3:].decode() for record in out.split(b"\0") if len(record) > 3)
+
+    async def log_paths(self, path: str, *, limit: int = 50) -> list[CommitInfo]:
+        out = await self.git("log", f"-{limit}", "--format=%H%x00%an%x00%ae%x00%s", "--", path)
+        commits = []
+        for line in out.decode().splitlines():
+            sha, name, email, subject = line.split("\0")
+            commits.append(CommitInfo(sha, Identity(name, email), subject))
+        return commits
+
+    # Writing --------------------------------------------------------------------------
+
+    async def commit(
+        self,
+        changes: Mapping[str, bytes | None],
+        message: str,
+        author: Identity,
+        *,
+        allow_empty: bool = False,
+    ) -> str | None:
+        """Write (bytes) or delete (None) files and commit exactly those paths.
+
+        Returns the new commit, or None when the files already had that content.
+        Other uncommitted edits in the working copy are left alone and not committed.
+        """
+        async with self._write_lock:
+            paths = [self._safe_path(relative) for relative in changes]
+            for relative, content in changes.items():
+                target = self.path / relative
+                if content is None:
+                    target.unlink(missing_ok=True)
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(content)
+            await self.git("add", "-A", "--", *paths)
+            staged = not await self.succeeds("diff", "--cached", "--quiet", "--", *paths)
+            if not allow_empty and not staged:
+                return None
+            args = ["commit", "-q", "-m", message]
+            if allow_empty:
+                args.append("--allow-empty")
+            await self.git(*args, "--", *paths, author=author)
+            sha = await self.resolve("HEAD")
+            assert sha is not None
+            return sha
+
+    def _safe_path(self, relative: str) -> str:
+        """Refuse paths that would write outside the repository or into .git."""
+        pure = PurePosixPath(relative)
+        if pure.is_absolute() or ".." in pure.parts or not pure.parts or pure.parts[0] == ".git":
+            raise GitError(f"refusing to write {relative!r}: it is not a path inside the repository")
+        resolved = (self.path / relative).resolve()
+        if not resolved.is_relative_to(self.path.resolve()):
+            raise GitError(f"refusing to write {relative!r}: it resolves outside the repository")
+        return str(pure)
+
+    async def fetch(self, remote: str = "origin", branch: str | None = None) -> None:
+        args = ["fetch", "-q", "--prune", remote]
+        if branch:
+            args.append(f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}")
+        await self.git(*args)
+
+    async def push(self, remote: str, branch: str) -> None:
+        await self.git("push", "-q", remote, f"HEAD:refs/heads/{branch}")
+
+    async def reset_to(self, ref: str) -> None:
+        """Make the working copy exactly ``ref`` (only for clones Chiffon owns)."""
+        await self.git("reset", "-q", "--hard", ref)
+        await self.git("clean", "-q", "-fd")
+
+    async def revert(self, commit: str, author: Identity, message: str) -> str:
+        async with self._write_lock:
+            await self.git("revert", "--no-edit", "--no-commit", commit)
+            await self.git("commit", "-q", "-m", message, author=author)
+            sha = await self.resolve("HEAD")
+            assert sha is not None
+            return sha
+
+
+def _is_interesting_change(path: str) -> bool:
+    """Working-copy edits and ref moves matter; object-store churn does not."""
+    parts = PurePosixPath(path).parts
+    if ".git" not in parts:
+        return True
+    inside = parts[parts.index(".git") + 1 :]
+    return bool(inside) and inside[0] in {"HEAD", "refs", "packed-refs", "FETCH_HEAD", "ORIG_HEAD"}
+
+
+async def watch_changes(path: Path, stop: asyncio.Event) -> AsyncIterator[None]:
+    """Yield once per burst of changes to a local checkout (commits included)."""
+    from watchfiles import awatch
+
+    async for changes in awatch(
+        path,
+        stop_event=stop,
+        debounce=300,
+        step=50,
+        recursive=True,
+        watch_filter=lambda _change, changed: _is_interesting_change(changed),
+    ):
+        if changes:
+            yield None

@@ -1,0 +1,1 @@
+"""Alembic revisions, oldest first. Each one is written (or reviewed) by hand."""

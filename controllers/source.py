@@ -1,0 +1,393 @@
+"""The git source: makes the store's intent specs match the intents repo.
+
+Like Flux's source-controller, only *committed* content counts: the source
+reads the tree of a ref with git plumbing, never the working copy, so a
+half-saved file in an editor is never applied. Uncommitted edits are reported
+in the source status so a person knows why their change is not live yet.
+
+A sync is level-based and idempotent: read every intent file at the ref,
+decide what to upsert and what to prune (pure functions below), then write.
+One bad file is reported with its path and line and does not stop the others;
+intents that came from a file that cannot be read right now are kept, never
+pruned, so a typo cannot delete a deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from chiffon.gitrepo import GitError, GitRepo, TreeEntry, is_remote_url, watch_changes
+from chiffon.resources import AuditEvent, DeploymentIntent, FileError, Outcome, SourceStatus
+from chiffon.resources.yamlio import ParseResult, ResourceError, parse_intents
+from chiffon.store import SourceRef, Store, StoreError, UpsertResult
+
+log = logging.getLogger(__name__)
+
+INTENT_SUFFIXES = (".yaml", ".yml")
+SOURCE_ACTOR = "git-source"
+RESYNC_INTERVAL_SECONDS = 300.0
+MAX_BACKOFF_SECONDS = 300.0
+
+ChangeCallback = Callable[[Sequence[str]], Awaitable[None]]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# Pure decisions ----------------------------------------------------------------------------
+
+
+def is_intent_file(path: str, under: str = "") -> bool:
+    """YAML files below ``under``, skipping hidden files and folders (``.github/``, ``.pre-commit…``)."""
+    relative = PurePosixPath(path)
+    if under.strip("/"):
+        base = PurePosixPath(under.strip("/"))
+        if not relative.is_relative_to(base):
+            return False
+        relative = relative.relative_to(base)
+    return relative.suffix in INTENT_SUFFIXES and not any(part.startswith(".") for part in relative.parts)
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    path: str
+    blob: str
+    result: ParseResult
+
+
+@dataclass(frozen=True)
+class DesiredIntent:
+    intent: DeploymentIntent
+    path: str
+    blob: str
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    upserts: list[str]
+    prunes: list[str]
+    unchanged: list[str]
+
+
+def collect_desired(files: Sequence[ParsedFile]) -> tuple[dict[str, DesiredIntent], list[FileError]]:
+    """Every intent defined at the ref, keyed by name; a name defined twice is an error on the later file."""
+    desired: dict[str, DesiredIntent] = {}
+    errors: list[FileError] = []
+    for parsed in sorted(files, key=lambda f: f.path):
+        errors.extend(error.to_file_error() for error in parsed.result.errors)
+        for item in parsed.result.intents:
+            name = item.intent.metadata.name
+            first = desired.get(name)
+            if first is not None:
+                errors.append(
+                    FileError(
+                        path=parsed.path,
+                        line=item.document.line,
+                        field="metadata.name",
+                        message=f"intent {name!r} is already defined in {first.path}",
+                    )
+                )
+                continue
+            desired[name] = DesiredIntent(item.intent, parsed.path, parsed.blob)
+    return desired, errors
+
+
+def plan_sync(
+    desired: Mapping[str, DesiredIntent],
+    known: Mapping[str, SourceRef],
+    errored_paths: Iterable[str],
+) -> SyncPlan:
+    """Decide what to write. Unchanged files cost no database write at all."""
+    upserts, unchanged = [], []
+    for name, want in sorted(desired.items()):
+        have = known.get(name)
+        if have is not None and have.blob == want.blob and have.path == want.path:
+            unchanged.append(name)
+        else:
+            upserts.append(name)
+    keep = set(errored_paths)
+    prunes = sorted(name for name, ref in known.items() if name not in desired and ref.path not in keep)
+    return SyncPlan(upserts=upserts, prunes=prunes, unchanged=unchanged)
+
+
+def revision_for(want: DesiredIntent, have: SourceRef | None, head: str) -> str:
+    """The commit an intent was last changed in, as far as this source has seen."""
+    return have.revision if have is not None and have.blob == want.blob else head
+
+
+# The source -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    location: str
+    checkout_dir: Path
+    name: str = "intents"
+    branch: str | None = None
+    path: str = ""
+    poll_interval: float = 60.0
+    resync_interval: float = RESYNC_INTERVAL_SECONDS
+
+    @property
+    def is_remote(self) -> bool:
+        return is_remote_url(self.location)
+
+
+@dataclass
+class SyncReport:
+    revision: str | None
+    results: list[UpsertResult] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    errors: list[FileError] = field(default_factory=list)
+
+    @property
+    def changed(self) -> list[str]:
+        return sorted({r.name for r in self.results if r.outcome != "unchanged"} | set(self.pruned))
+
+
+class GitSource:
+    """Watches one intents repo and keeps the store in step with it."""
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        store: Store,
+        *,
+        on_change: ChangeCallback | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._on_change = on_change
+        self._clock = clock
+        self._sync_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._parsed: dict[str, ParseResult] = {}
+        self._last_errors: list[FileError] = []
+        self.repo = GitRepo(config.checkout_dir if config.is_remote else Path(config.location))
+
+    # Where to read ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Clone a remote repo, or check that a local one exists."""
+        if self.config.is_remote:
+            self.repo = await GitRepo.clone(self.config.location, self.config.checkout_dir)
+        elif not (Path(self.config.location) / ".git").exists():
+            raise GitError(f"intents repo {self.config.location} is not a git repository")
+
+    async def ref(self) -> str:
+        if self.config.is_remote:
+            branch = self.config.branch or await self._remote_default_branch()
+            return f"refs/remotes/origin/{branch}"
+        return f"refs/heads/{self.config.branch}" if self.config.branch else "HEAD"
+
+    async def _remote_default_branch(self) -> str:
+        out = await self.repo.git("symbolic-ref", "-q", "--short", "refs/remotes/origin/HEAD")
+        return out.decode().strip().removeprefix("origin/") or "main"
+
+    async def refresh(self) -> str | None:
+        """Fetch a remote; return the commit to read (None when the branch has no commits)."""
+        if self.config.is_remote:
+            await self.repo.fetch("origin", self.config.branch)
+        return await self.repo.resolve(await self.ref())
+
+    # Sync -------------------------------------------------------------------------------
+
+    async def sync(self) -> SyncReport:
+        """Read the ref and converge the store on it. Safe to call from anywhere, any time."""
+        async with self._sync_lock:
+            revision = await self.refresh()
+            if revision is None:
+                message = f"{await self.ref()} has no commits yet"
+                await self._save_status(None, [], error=message)
+                return SyncReport(revision=None)
+            report = await self._converge(revision)
+        if report.changed and self._on_change is not None:
+            await self._on_change(report.changed)
+        return report
+
+    async def _converge(self, revision: str) -> SyncReport:
+        entries = [
+            entry
+            for entry in await self.repo.list_files(revision, self.config.path)
+            if is_intent_file(entry.path, self.config.path)
+        ]
+        files = await self._parse(entries)
+        desired, errors = collect_desired(files)
+        known = await self.store.intent_sources(self.config.name)
+        plan = plan_sync(desired, known, {error.path for error in errors})
+        author = await self._author(revision) if plan.upserts or plan.prunes else SOURCE_ACTOR
+        report = SyncReport(revision=revision, unchanged=len(plan.unchanged), errors=errors)
+        for name in plan.upserts:
+            want = desired[name]
+            ref = SourceRef(
+                self.config.name, want.path, want.blob, revision_for(want, known.get(name), revision)
+            )
+            result = await self.store.upsert_intent(want.intent, ref, now=self._clock())
+            report.results.append(result)
+            await self._audit_upsert(want, result, author)
+        report.pruned = await self.store.delete_intents(plan.prunes)
+        for name in report.pruned:
+            await self._audit("intent.pruned", name, author, revision, {"path": known[name].path})
+        await self._audit_errors(errors, revision)
+        await self._save_status(revision, errors, intents=len(desired))
+        return report
+
+    async def _parse(self, entries: Sequence[TreeEntry]) -> list[ParsedFile]:
+        """Parse each blob once: an unchanged file is never read or validated again."""
+        missing = [entry.blob for entry in entries if entry.blob not in self._parsed]
+        contents = await self.repo.read_blobs(missing)
+        for blob, content in contents.items():
+            self._parsed[blob] = await asyncio.to_thread(parse_intents, content, blob)
+        current = {entry.blob for entry in entries}
+        self._parsed = {blob: result for blob, result in self._parsed.items() if blob in current}
+        return [ParsedFile(e.path, e.blob, _relabel(self._parsed[e.blob], e.path)) for e in entries]
+
+    async def _author(self, revision: str) -> str:
+        try:
+            return str((await self.repo.commit_info(revision)).author)
+        except GitError:
+            return SOURCE_ACTOR
+
+    # Records ----------------------------------------------------------------------------
+
+    async def _audit_upsert(self, want: DesiredIntent, result: UpsertResult, author: str) -> None:
+        if result.outcome == "unchanged":
+            return
+        details = {"path": want.path, "generation": result.generation}
+        await self._audit(
+            f"intent.{result.outcome}",
+            result.name,
+            author,
+            result.revision,
+            details,
+            service=want.intent.service,
+        )
+
+    async def _audit_errors(self, errors: list[FileError], revision: str) -> None:
+        """Record file errors once when they appear, not on every resync."""
+        new = [error for error in errors if error not in self._last_errors]
+        self._last_errors = errors
+        for error in new:
+            await self.store.record_audit(
+                AuditEvent(
+                    time=self._clock(),
+                    actor=SOURCE_ACTOR,
+                    action="source.file_error",
+                    resource=f"GitSource/{self.config.name}",
+                    outcome=Outcome.FAILURE,
+                    revision=revision,
+                    details={"error": str(error), "path": error.path},
+                )
+            )
+
+    async def _audit(
+        self,
+        action: str,
+        name: str,
+        actor: str,
+        revision: str | None,
+        details: dict[str, object],
+        *,
+        service: str | None = None,
+    ) -> None:
+        await self.store.record_audit(
+            AuditEvent(
+                time=self._clock(),
+                actor=actor,
+                action=action,
+                resource=f"DeploymentIntent/{name}",
+                service=service,
+                outcome=Outcome.SUCCESS,
+                revision=revision,
+                details=details,
+            )
+        )
+
+    async def _save_status(
+        self, revision: str | None, errors: list[FileError], *, intents: int = 0, error: str | None = None
+    ) -> None:
+        uncommitted: list[str] = []
+        if not self.config.is_remote:
+            uncommitted = [
+                path
+                for path in await self.repo.uncommitted_files(self.config.path)
+                if is_intent_file(path, self.config.path)
+            ]
+        await self.store.save_source_status(
+            SourceStatus(
+                name=self.config.name,
+                url=self.config.location,
+                branch=self.config.branch or "(default)",
+                path=self.config.path,
+                revision=revision,
+                last_sync_at=self._clock(),
+                last_error=error,
+                intents=intents,
+                file_errors=errors,
+                uncommitted=uncommitted,
+            )
+        )
+
+    # Watching ---------------------------------------------------------------------------
+
+    def request_sync(self) -> None:
+        """Ask the running watch loop to sync now (a webhook, or another process's commit)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sync on every change (local checkout) or every poll interval (remote), until ``stop``."""
+        watcher = None if self.config.is_remote else asyncio.create_task(self._watch_local(stop))
+        interval = self.config.poll_interval if self.config.is_remote else self.config.resync_interval
+        failures = 0
+        try:
+            while not stop.is_set():
+                delay = interval
+                try:
+                    await self.sync()
+                    failures = 0
+                except (GitError, StoreError, OSError) as exc:
+                    failures += 1
+                    delay = min(MAX_BACKOFF_SECONDS, 2.0**failures, interval)
+                    log.warning("sync of %s failed (retrying in %.0fs): %s", self.config.name, delay, exc)
+                    await self._record_failure(exc)
+                await self._sleep_until_woken(stop, delay)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _sleep_until_woken(self, stop: asyncio.Event, delay: float) -> None:
+        stopped = asyncio.ensure_future(stop.wait())
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({stopped, woken}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            woken.cancel()
+            self._wake.clear()
+
+    async def _watch_local(self, stop: asyncio.Event) -> None:
+        async for _ in watch_changes(self.repo.path, stop):
+            self.request_sync()
+
+    async def _record_failure(self, exc: Exception) -> None:
+        try:
+            await self._save_status(None, self._last_errors, error=str(exc))
+        except (StoreError, GitError, OSError):
+            log.debug("could not record the sync failure", exc_info=True)
+
+
+def _relabel(result: ParseResult, path: str) -> ParseResult:
+    """Parse results are cached by blob; errors must name the file the blob is at now."""
+    if not result.errors:
+        return result
+    errors = [ResourceError(path, e.line, e.field, e.message) for e in result.errors]
+    return ParseResult(intents=result.intents, errors=errors)
