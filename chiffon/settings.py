@@ -83,10 +83,12 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         config = os.environ.get("CHIFFON_CONFIG")
         if config:
-            path: Path | None = Path(config)
+            path = Path(config).expanduser()
         else:
-            home = Path(os.environ.get("CHIFFON_HOME", str(DEFAULT_HOME))).expanduser()
-            path = home / CONFIG_FILE_NAME
+            # The --home flag wins over $CHIFFON_HOME when choosing which chiffon.yaml to read.
+            given = getattr(init_settings, "init_kwargs", {}).get("home")
+            home = given or os.environ.get("CHIFFON_HOME") or DEFAULT_HOME
+            path = Path(str(home)).expanduser() / CONFIG_FILE_NAME
         return (init_settings, env_settings, _YamlFileSource(settings_cls, path))
 
     # Derived locations --------------------------------------------------------------

@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from chiffon.resources.base import (
-    API_VERSION,
     DNS1123Name,
     Duration,
     Model,

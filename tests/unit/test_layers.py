@@ -26,8 +26,20 @@ ALLOWED = {
     "chiffon.core": {"chiffon.resources", "chiffon.core"},
     "chiffon.controllers": {"chiffon.resources", "chiffon.core", "chiffon.controllers"},
     "chiffon.agents": {"chiffon.resources", "chiffon.core", "chiffon.agents"},
-    "chiffon.api": {"chiffon.resources", "chiffon.core", "chiffon.controllers", "chiffon.agents", "chiffon.api"},
-    "chiffon.cli": {"chiffon.resources", "chiffon.core", "chiffon.controllers", "chiffon.agents", "chiffon.api"},
+    "chiffon.api": {
+        "chiffon.resources",
+        "chiffon.core",
+        "chiffon.controllers",
+        "chiffon.agents",
+        "chiffon.api",
+    },
+    "chiffon.cli": {
+        "chiffon.resources",
+        "chiffon.core",
+        "chiffon.controllers",
+        "chiffon.agents",
+        "chiffon.api",
+    },
 }
 
 # Third-party clients and the only modules (prefixes) allowed to import them.

@@ -1,0 +1,273 @@
+"""Storing DeploymentIntents: spec from git, generation, status subresource.
+
+The rules are the Kubernetes ones (DESIGN §2, STYLE 6):
+
+* ``generation`` counts spec changes only. It starts at 1 and moves when the
+  canonical spec (sha256 of the sorted-key JSON of ``spec_wire()``) changes;
+  labels, annotations, comments or a moved file leave it alone, and so does
+  every status write.
+* The *revision* of an intent is the commit its stored file content comes
+  from. A commit that does not touch the intent's file (same blob) does not
+  move it, so unrelated commits never look like a change to the controller.
+* Status lives in ``resource_status``, one row per resource, deleted with it.
+
+:func:`plan_upsert` decides, purely, from what is stored and what was read;
+:func:`upsert_intent` does the I/O around it in one transaction. Concurrent
+upserts (the API and the controller both sync the same repository) are made
+safe by locking the row with ``SELECT ... FOR UPDATE`` before deciding, and by
+creating new rows with ``INSERT ... ON CONFLICT DO NOTHING``: the loser of a
+creation race waits for the winner's commit, then locks and re-reads the row
+like any update. On SQLite the write transaction's ``BEGIN IMMEDIATE`` already
+serialises writers, and ``FOR UPDATE`` is simply not rendered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from chiffon.resources import (
+    DeploymentIntent,
+    DeploymentIntentSpec,
+    IntentStatus,
+    ObjectMeta,
+    initial_conditions,
+)
+from chiffon.store.records import SourceRef, UpsertOutcome, UpsertResult
+from chiffon.store.sqlutil import dialect_insert
+from chiffon.store.tables import ResourceRow, ResourceStatusRow
+
+KIND = "DeploymentIntent"
+# A row can vanish between "not found" and "insert conflicted" only if another
+# process created *and* deleted it meanwhile; a few retries settle that.
+_MAX_ATTEMPTS = 3
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON form (sorted keys, no spaces) of a spec."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The parts of a stored intent that an upsert compares against."""
+
+    generation: int
+    spec_hash: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    blob: str
+    revision: str
+
+
+@dataclass(frozen=True)
+class UpsertPlan:
+    outcome: UpsertOutcome
+    generation: int
+    revision: str
+    spec_changed: bool
+    revision_moved: bool
+
+
+def plan_upsert(
+    stored: Stored,
+    *,
+    new_spec_hash: str,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    source: SourceRef,
+) -> UpsertPlan:
+    """What an upsert of an existing intent changes. Pure; see the module docstring."""
+    spec_changed = new_spec_hash != stored.spec_hash
+    # The file's content is what the intent "is at"; an untouched file keeps
+    # its revision even when the repository moved on.
+    content_changed = spec_changed or source.blob != stored.blob
+    revision = source.revision if content_changed else stored.revision
+    metadata_changed = dict(labels) != dict(stored.labels) or dict(annotations) != dict(stored.annotations)
+    return UpsertPlan(
+        outcome="configured" if spec_changed or metadata_changed else "unchanged",
+        generation=stored.generation + 1 if spec_changed else stored.generation,
+        revision=revision,
+        spec_changed=spec_changed,
+        revision_moved=revision != stored.revision,
+    )
+
+
+def initial_status(source: SourceRef, now: datetime) -> IntentStatus:
+    """Every condition Unknown: nothing has reconciled the intent yet."""
+    return IntentStatus(conditions=initial_conditions(now=now), observed_revision=source.revision)
+
+
+def intent_from_rows(resource: ResourceRow, status: ResourceStatusRow | None) -> DeploymentIntent:
+    metadata = ObjectMeta(
+        name=resource.name,
+        labels=resource.labels,
+        annotations=resource.annotations,
+        generation=resource.generation,
+        uid=resource.uid,
+        creation_timestamp=resource.created_at,
+    )
+    return DeploymentIntent(
+        metadata=metadata,
+        spec=DeploymentIntentSpec.model_validate(resource.spec),
+        status=IntentStatus.model_validate(status.status) if status is not None else None,
+    )
+
+
+def source_of(resource: ResourceRow) -> SourceRef:
+    return SourceRef(
+        source_name=resource.source_name,
+        path=resource.source_path,
+        blob=resource.source_blob,
+        revision=resource.source_revision,
+    )
+
+
+async def upsert_intent(
+    session: AsyncSession, intent: DeploymentIntent, source: SourceRef, now: datetime
+) -> UpsertResult:
+    """Create or update ``intent`` inside the caller's write transaction."""
+    name = intent.metadata.name
+    spec = intent.spec_wire()
+    digest = spec_hash(spec)
+    for _ in range(_MAX_ATTEMPTS):
+        row = await lock_intent(session, name)
+        if row is not None:
+            return await _update(session, row, intent, spec, digest, source, now)
+        if await _insert(session, intent, spec, digest, source, now):
+            return UpsertResult(name=name, outcome="created", generation=1, revision=source.revision)
+        # Lost a creation race: the winner has committed, so the next
+        # SELECT ... FOR UPDATE finds its row and we update like anyone else.
+    raise RuntimeError(f"intent {name!r} kept appearing and disappearing during upsert; try again")
+
+
+async def lock_intent(session: AsyncSession, name: str, *, shared: bool = False) -> ResourceRow | None:
+    """The intent's row, locked until the transaction ends (no-op on SQLite)."""
+    statement = (
+        select(ResourceRow)
+        .where(ResourceRow.kind == KIND, ResourceRow.name == name)
+        .with_for_update(read=shared)
+    )
+    return (await session.scalars(statement)).one_or_none()
+
+
+async def _insert(
+    session: AsyncSession,
+    intent: DeploymentIntent,
+    spec: dict[str, Any],
+    digest: str,
+    source: SourceRef,
+    now: datetime,
+) -> bool:
+    uid = str(uuid.uuid4())
+    insert = await dialect_insert(session, ResourceRow)
+    statement = (
+        insert.values(
+            uid=uid,
+            kind=KIND,
+            name=intent.metadata.name,
+            spec=spec,
+            spec_hash=digest,
+            labels=dict(intent.metadata.labels),
+            annotations=dict(intent.metadata.annotations),
+            generation=1,
+            source_name=source.source_name,
+            source_path=source.path,
+            source_blob=source.blob,
+            source_revision=source.revision,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["kind", "name"])
+        .returning(ResourceRow.uid)
+    )
+    if (await session.execute(statement)).scalar_one_or_none() is None:
+        return False
+    await put_status(session, uid, initial_status(source, now), now)
+    return True
+
+
+async def _update(
+    session: AsyncSession,
+    row: ResourceRow,
+    intent: DeploymentIntent,
+    spec: dict[str, Any],
+    digest: str,
+    source: SourceRef,
+    now: datetime,
+) -> UpsertResult:
+    stored = Stored(
+        generation=row.generation,
+        spec_hash=row.spec_hash,
+        labels=row.labels,
+        annotations=row.annotations,
+        blob=row.source_blob,
+        revision=row.source_revision,
+    )
+    plan = plan_upsert(
+        stored,
+        new_spec_hash=digest,
+        labels=intent.metadata.labels,
+        annotations=intent.metadata.annotations,
+        source=source,
+    )
+    _apply(row, plan, intent, spec, digest, source, now)
+    if plan.revision_moved:
+        await _set_observed_revision(session, row.uid, plan.revision, now)
+    return UpsertResult(
+        name=row.name, outcome=plan.outcome, generation=plan.generation, revision=plan.revision
+    )
+
+
+def _apply(
+    row: ResourceRow,
+    plan: UpsertPlan,
+    intent: DeploymentIntent,
+    spec: dict[str, Any],
+    digest: str,
+    source: SourceRef,
+    now: datetime,
+) -> None:
+    """Copy the plan onto the row; the ORM writes only columns whose value changed."""
+    before = (row.labels, row.annotations, row.source_name, row.source_path, row.source_blob)
+    row.labels = dict(intent.metadata.labels)
+    row.annotations = dict(intent.metadata.annotations)
+    row.source_name = source.source_name
+    row.source_path = source.path
+    row.source_blob = source.blob
+    row.source_revision = plan.revision
+    if plan.spec_changed:
+        row.spec = spec
+        row.spec_hash = digest
+        row.generation = plan.generation
+    after = (row.labels, row.annotations, row.source_name, row.source_path, row.source_blob)
+    if plan.spec_changed or plan.revision_moved or before != after:
+        row.updated_at = now
+
+
+async def _set_observed_revision(session: AsyncSession, uid: str, revision: str, now: datetime) -> None:
+    row = await session.get(ResourceStatusRow, uid)
+    status = IntentStatus.model_validate(row.status) if row is not None else IntentStatus()
+    status.observed_revision = revision
+    await put_status(session, uid, status, now)
+
+
+async def put_status(session: AsyncSession, uid: str, status: IntentStatus, now: datetime) -> None:
+    """Insert or replace the status row of resource ``uid``."""
+    values = {
+        "status": status.to_wire(),
+        "observed_generation": status.observed_generation,
+        "updated_at": now,
+    }
+    insert = await dialect_insert(session, ResourceStatusRow)
+    statement = insert.values(uid=uid, **values).on_conflict_do_update(index_elements=["uid"], set_=values)
+    await session.execute(statement)

@@ -1,0 +1,85 @@
+"""Small typed values the store hands out that are not resources.
+
+Resources (intents, runs, agents, audit events...) are the pydantic models of
+``chiffon.resources``. These dataclasses cover what only the store speaks of:
+where an intent was read from, what an upsert did, outbox rows, suggestions
+and LLM usage rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, get_args
+
+UpsertOutcome = Literal["created", "configured", "unchanged"]
+SuggestionStatus = Literal["open", "accepted", "dismissed", "implemented"]
+SUGGESTION_STATUSES: tuple[str, ...] = get_args(SuggestionStatus)
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where an intent's spec was read: source, file, git blob and commit."""
+
+    source_name: str
+    path: str
+    blob: str
+    revision: str
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """What ``upsert_intent`` did, in ``kubectl apply`` words.
+
+    ``revision`` is the commit the stored spec now comes from; it does not move
+    for a commit that left the intent's file untouched.
+    """
+
+    name: str
+    outcome: UpsertOutcome
+    generation: int
+    revision: str
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    id: int
+    message_id: str
+    routing_key: str
+    body: bytes
+    created_at: datetime
+    attempts: int
+    published_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """An improvement found by ansible-lint or by watching runs (DESIGN §5)."""
+
+    id: int
+    category: str
+    file: str
+    line: int | None
+    reasoning: str
+    patch: str | None
+    status: SuggestionStatus
+    fingerprint: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class LlmUsage:
+    """One LLM call and its cost (DESIGN §6)."""
+
+    id: int
+    time: datetime
+    model: str
+    provider: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_ms: int
+    reason: str
+    intent: str | None
+    outcome: str

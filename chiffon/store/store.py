@@ -1,0 +1,592 @@
+"""The Store: Chiffon's only door to its database.
+
+One class, one method per question or fact, each a single short transaction.
+Callers pass and get ``chiffon.resources`` models (or the small records of
+:mod:`chiffon.store.records`); rows, sessions and SQL never leave this package.
+
+Transactions come in two kinds. ``_read()`` is a plain transaction. ``_write()``
+asks for the SQLite write lock up front (``BEGIN IMMEDIATE``, see
+:mod:`chiffon.store.engine`) so concurrent writers queue instead of failing;
+on PostgreSQL the methods that read-then-write lock their rows explicitly.
+Connection failures inside either become :class:`StoreError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from chiffon.resources import (
+    Agent,
+    Approval,
+    AuditEvent,
+    DeploymentIntent,
+    IntentStatus,
+    Outcome,
+    Run,
+    SourceStatus,
+)
+from chiffon.resources.messages import AnsibleEvent
+from chiffon.store import convert, intents
+from chiffon.store.coltypes import NaiveDatetimeError
+from chiffon.store.engine import WRITE, make_engine, normalise_url
+from chiffon.store.errors import StoreError, describe_url, is_connection_failure, store_error
+from chiffon.store.migrate import current_revision, schema_diff, upgrade_to_head
+from chiffon.store.queries import audit_select, runs_select
+from chiffon.store.records import (
+    SUGGESTION_STATUSES,
+    LlmUsage,
+    OutboxMessage,
+    SourceRef,
+    Suggestion,
+    SuggestionStatus,
+    UpsertResult,
+)
+from chiffon.store.sqlutil import dialect_insert
+from chiffon.store.tables import (
+    AgentRow,
+    ApprovalRow,
+    AuditEventRow,
+    LlmUsageRow,
+    OutboxRow,
+    ResourceRow,
+    ResourceStatusRow,
+    RunEventRow,
+    RunRow,
+    SourceRow,
+    SuggestionRow,
+)
+
+# Rows per INSERT of run events: well under both backends' bound-parameter limits.
+_EVENT_CHUNK = 500
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    """Async access to the database at one URL (PostgreSQL or SQLite)."""
+
+    def __init__(self, engine: AsyncEngine, *, url: URL, schema: str | None = None) -> None:
+        self._engine = engine
+        self._url = url
+        self._schema = schema
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str, *, schema: str | None = None, echo: bool = False) -> Store:
+        """A store for ``url``; ``schema`` picks a PostgreSQL schema via ``search_path``."""
+        parsed = normalise_url(url)
+        return cls(make_engine(parsed, schema=schema, echo=echo), url=parsed, schema=schema)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The underlying engine, for tests and maintenance tools only."""
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``postgresql`` or ``sqlite``."""
+        return self._engine.dialect.name
+
+    @property
+    def location(self) -> str:
+        """Where the database is, safe to print (no password)."""
+        return describe_url(self._url)
+
+    def __repr__(self) -> str:
+        return f"<Store {self.location}>"
+
+    async def migrate(self) -> None:
+        """``alembic upgrade head``: idempotent, safe to run at every start, concurrently too."""
+        async with self._connection_errors(), self._engine.connect() as connection:
+            await connection.execution_options(**{WRITE: True})
+            async with connection.begin():
+                await connection.run_sync(upgrade_to_head, self._schema)
+
+    async def revision(self) -> str | None:
+        """The Alembic revision the database is at (None before the first migration)."""
+        async with self._connection_errors(), self._engine.connect() as connection:
+            return await connection.run_sync(current_revision)
+
+    async def schema_drift(self) -> list[Any]:
+        """Alembic's autogenerate diff between the database and the models; [] when in step."""
+        async with self._connection_errors(), self._engine.connect() as connection:
+            return await connection.run_sync(schema_diff)
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreError` unless the database answers."""
+        try:
+            async with self._engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as exc:  # anything at all means "not usable"
+            raise store_error(exc, self._url) from exc
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    # -- transactions ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _connection_errors(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except StatementError as exc:
+            # A naive datetime is the caller's bug, not the database's: say so plainly.
+            if isinstance(exc.orig, NaiveDatetimeError):
+                raise exc.orig from None
+            if is_connection_failure(exc):
+                raise store_error(exc, self._url) from exc
+            raise
+        except Exception as exc:
+            if is_connection_failure(exc):
+                raise store_error(exc, self._url) from exc
+            raise
+
+    @asynccontextmanager
+    async def _transaction(self, *, write: bool) -> AsyncIterator[AsyncSession]:
+        async with self._connection_errors(), self._sessions() as session, session.begin():
+            # Procure the connection now, with the option the SQLite BEGIN hook reads.
+            await session.connection(execution_options={WRITE: write})
+            yield session
+
+    def _read(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return self._transaction(write=False)
+
+    def _write(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return self._transaction(write=True)
+
+    # -- intents -----------------------------------------------------------------------------
+
+    async def upsert_intent(
+        self, intent: DeploymentIntent, source: SourceRef, *, now: datetime | None = None
+    ) -> UpsertResult:
+        """Store an intent read from git; bumps ``generation`` only when its spec changed."""
+        async with self._write() as session:
+            return await intents.upsert_intent(session, intent, source, now or _utcnow())
+
+    async def get_intent(self, name: str) -> DeploymentIntent | None:
+        found = await self._load_intents(ResourceRow.name == name)
+        return found[0] if found else None
+
+    async def list_intents(
+        self, *, label_selector: Mapping[str, str] | None = None
+    ) -> list[DeploymentIntent]:
+        """All intents, sorted by name; ``label_selector`` keeps those carrying every label given."""
+        found = await self._load_intents()
+        if not label_selector:
+            return found
+        # Filtered here, not in SQL: a homelab has tens of intents, and JSON
+        # containment is spelt differently on each backend.
+        wanted = dict(label_selector)
+        return [i for i in found if all(i.metadata.labels.get(k) == v for k, v in wanted.items())]
+
+    async def _load_intents(self, *conditions: Any) -> list[DeploymentIntent]:
+        statement = (
+            select(ResourceRow, ResourceStatusRow)
+            .outerjoin(ResourceStatusRow, ResourceStatusRow.uid == ResourceRow.uid)
+            .where(ResourceRow.kind == intents.KIND, *conditions)
+            .order_by(ResourceRow.name)
+        )
+        async with self._read() as session:
+            rows = (await session.execute(statement)).all()
+        return [intents.intent_from_rows(resource, status) for resource, status in rows]
+
+    async def intent_sources(self, source_name: str) -> dict[str, SourceRef]:
+        """Intent name -> where it was read from, for the intents of one source."""
+        statement = select(ResourceRow).where(
+            ResourceRow.kind == intents.KIND, ResourceRow.source_name == source_name
+        )
+        async with self._read() as session:
+            rows = (await session.scalars(statement)).all()
+        return {row.name: intents.source_of(row) for row in rows}
+
+    async def delete_intents(self, names: Iterable[str]) -> list[str]:
+        """Delete intents (their status goes with them); returns the names that existed."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return []
+        statement = (
+            delete(ResourceRow)
+            .where(ResourceRow.kind == intents.KIND, ResourceRow.name.in_(wanted))
+            .returning(ResourceRow.name)
+        )
+        async with self._write() as session:
+            deleted = (
+                await session.execute(statement, execution_options={"synchronize_session": False})
+            ).scalars()
+            return sorted(deleted)
+
+    async def write_intent_status(
+        self, name: str, status: IntentStatus, *, expected_generation: int | None = None
+    ) -> bool:
+        """Replace an intent's status; never bumps ``generation``.
+
+        Returns False, writing nothing, when the intent is gone or, with
+        ``expected_generation``, when its spec changed since the caller read it
+        (the status would describe a spec that no longer exists).
+        """
+        async with self._write() as session:
+            # A shared lock waits for a concurrent upsert to commit, so the
+            # generation checked here is the one the status lands on.
+            row = await intents.lock_intent(session, name, shared=True)
+            if row is None or (expected_generation is not None and row.generation != expected_generation):
+                return False
+            await intents.put_status(session, row.uid, status, _utcnow())
+            return True
+
+    # -- sources -----------------------------------------------------------------------------
+
+    async def save_source_status(self, status: SourceStatus) -> None:
+        values = {"status": status.to_wire(), "updated_at": _utcnow()}
+        async with self._write() as session:
+            insert = await dialect_insert(session, SourceRow)
+            await session.execute(
+                insert.values(name=status.name, **values).on_conflict_do_update(
+                    index_elements=["name"], set_=values
+                )
+            )
+
+    async def list_source_statuses(self) -> list[SourceStatus]:
+        async with self._read() as session:
+            rows = (await session.scalars(select(SourceRow).order_by(SourceRow.name))).all()
+        return [SourceStatus.model_validate(row.status) for row in rows]
+
+    # -- audit -------------------------------------------------------------------------------
+
+    async def record_audit(self, event: AuditEvent) -> int:
+        """Append an audit event; returns its id."""
+        async with self._write() as session:
+            row = AuditEventRow(**convert.audit_values(event))
+            session.add(row)
+            await session.flush()
+            return row.id
+
+    async def list_audit(
+        self,
+        *,
+        since: datetime | None = None,
+        service: str | None = None,
+        actor: str | None = None,
+        outcome: Outcome | None = None,
+        resource: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditEvent]:
+        """Audit events matching every filter given, newest first."""
+        statement = audit_select(
+            since=since,
+            service=service,
+            actor=actor,
+            outcome=outcome,
+            resource=resource,
+            action=action,
+            limit=limit,
+        )
+        async with self._read() as session:
+            rows = (await session.scalars(statement)).all()
+        return [convert.audit_from_row(row) for row in rows]
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    async def record_approval(self, approval: Approval) -> int:
+        async with self._write() as session:
+            row = ApprovalRow(**convert.approval_values(approval, _utcnow()))
+            session.add(row)
+            await session.flush()
+            return row.id
+
+    async def list_approvals(self, intent: str) -> list[Approval]:
+        """Every approval or rejection of ``intent``, newest first."""
+        statement = (
+            select(ApprovalRow)
+            .where(ApprovalRow.intent == intent)
+            .order_by(ApprovalRow.created_at.desc(), ApprovalRow.id.desc())
+        )
+        async with self._read() as session:
+            rows = (await session.scalars(statement)).all()
+        return [convert.approval_from_row(row) for row in rows]
+
+    # -- runs --------------------------------------------------------------------------------
+
+    async def upsert_run(self, run: Run) -> None:
+        """Insert or update a run by its deterministic id; ``created_at`` is kept from the first write."""
+        async with self._write() as session:
+            await self._put_run(session, run, overwrite=True)
+
+    async def dispatch_run(
+        self, run: Run, *, routing_key: str, body: bytes, message_id: str | None = None
+    ) -> bool:
+        """Write a new run and its outbox message in one transaction (DESIGN §3).
+
+        Returns False, writing nothing, if the run already exists: a restarted
+        controller re-dispatching the same step neither duplicates the message
+        nor rewinds the run's status.
+        """
+        async with self._write() as session:
+            if not await self._put_run(session, run, overwrite=False):
+                return False
+            return await self._put_outbox(session, message_id or run.id, routing_key, body)
+
+    async def _put_run(self, session: AsyncSession, run: Run, *, overwrite: bool) -> bool:
+        values = convert.run_values(run, _utcnow())
+        insert = (await dialect_insert(session, RunRow)).values(**values)
+        if overwrite:
+            changes = {k: v for k, v in values.items() if k not in ("id", "created_at")}
+            statement = insert.on_conflict_do_update(index_elements=["id"], set_=changes)
+        else:
+            statement = insert.on_conflict_do_nothing(index_elements=["id"])
+        result = await session.execute(statement.returning(RunRow.id))
+        return result.scalar_one_or_none() is not None
+
+    async def get_run(self, run_id: str) -> Run | None:
+        async with self._read() as session:
+            row = await session.get(RunRow, run_id)
+        return convert.run_from_row(row) if row is not None else None
+
+    async def list_runs(self, *, intent: str | None = None, limit: int = 50) -> list[Run]:
+        """Runs, newest first."""
+        async with self._read() as session:
+            rows = (await session.scalars(runs_select(intent=intent, limit=limit))).all()
+        return [convert.run_from_row(row) for row in rows]
+
+    async def append_run_events(self, run_id: str, events: Sequence[AnsibleEvent]) -> int:
+        """Store a run's events; an event whose ``seq`` is already stored is ignored.
+
+        Returns how many rows were inserted, so a redelivered batch returns 0.
+        Raises LookupError if the run does not exist.
+        """
+        # The last copy of a seq within one batch wins, like a later delivery would not.
+        unique = {event.seq: event for event in events}
+        rows = [
+            {"run_id": run_id, "seq": seq, "event": event.to_wire(), "created_at": _utcnow()}
+            for seq, event in sorted(unique.items())
+        ]
+        inserted = 0
+        try:
+            async with self._write() as session:
+                for start in range(0, len(rows), _EVENT_CHUNK):
+                    inserted += await self._insert_events(session, rows[start : start + _EVENT_CHUNK])
+        except IntegrityError as exc:
+            raise LookupError(f"run {run_id!r} does not exist; record the run before its events") from exc
+        return inserted
+
+    @staticmethod
+    async def _insert_events(session: AsyncSession, rows: list[dict[str, Any]]) -> int:
+        insert = await dialect_insert(session, RunEventRow)
+        statement = (
+            insert.values(rows)
+            .on_conflict_do_nothing(index_elements=["run_id", "seq"])
+            .returning(RunEventRow.seq)
+        )
+        return len((await session.execute(statement)).all())
+
+    async def list_run_events(self, run_id: str, *, after_seq: int = -1) -> list[AnsibleEvent]:
+        """A run's events with ``seq > after_seq``, in order (``logs -f`` polls with the last seq)."""
+        statement = (
+            select(RunEventRow.event)
+            .where(RunEventRow.run_id == run_id, RunEventRow.seq > after_seq)
+            .order_by(RunEventRow.seq)
+        )
+        async with self._read() as session:
+            events = (await session.scalars(statement)).all()
+        return [convert.event_from_json(event) for event in events]
+
+    # -- agents ------------------------------------------------------------------------------
+
+    async def upsert_agent(self, agent: Agent) -> None:
+        values = convert.agent_values(agent, _utcnow())
+        changes = {k: v for k, v in values.items() if k != "id"}
+        async with self._write() as session:
+            insert = await dialect_insert(session, AgentRow)
+            await session.execute(
+                insert.values(**values).on_conflict_do_update(index_elements=["id"], set_=changes)
+            )
+
+    async def list_agents(self) -> list[Agent]:
+        async with self._read() as session:
+            rows = (await session.scalars(select(AgentRow).order_by(AgentRow.id))).all()
+        return [convert.agent_from_row(row) for row in rows]
+
+    # -- LLM usage ---------------------------------------------------------------------------
+
+    async def record_llm_usage(
+        self,
+        *,
+        model: str,
+        provider: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+        latency_ms: int,
+        reason: str,
+        outcome: str,
+        intent: str | None = None,
+        time: datetime | None = None,
+    ) -> int:
+        """Record one LLM call (DESIGN §6); returns its id."""
+        row = LlmUsageRow(
+            time=time or _utcnow(),
+            model=model,
+            provider=provider,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=cost_usd,
+            latency_ms=latency_ms,
+            reason=reason,
+            intent=intent,
+            outcome=outcome,
+        )
+        async with self._write() as session:
+            session.add(row)
+            await session.flush()
+            return row.id
+
+    async def list_llm_usage(self, *, since: datetime | None = None, limit: int = 1000) -> list[LlmUsage]:
+        """LLM calls, newest first."""
+        statement = select(LlmUsageRow)
+        if since is not None:
+            statement = statement.where(LlmUsageRow.time >= since)
+        statement = statement.order_by(LlmUsageRow.time.desc(), LlmUsageRow.id.desc()).limit(limit)
+        async with self._read() as session:
+            rows = (await session.scalars(statement)).all()
+        return [convert.llm_usage_from_row(row) for row in rows]
+
+    # -- outbox ------------------------------------------------------------------------------
+
+    async def enqueue_outbox(self, message_id: str, routing_key: str, body: bytes) -> bool:
+        """Queue a message for the relay; False if ``message_id`` is already queued."""
+        async with self._write() as session:
+            return await self._put_outbox(session, message_id, routing_key, body)
+
+    @staticmethod
+    async def _put_outbox(session: AsyncSession, message_id: str, routing_key: str, body: bytes) -> bool:
+        insert = await dialect_insert(session, OutboxRow)
+        statement = (
+            insert.values(
+                message_id=message_id,
+                routing_key=routing_key,
+                body=body,
+                created_at=_utcnow(),
+                published_at=None,
+                attempts=0,
+            )
+            .on_conflict_do_nothing(index_elements=["message_id"])
+            .returning(OutboxRow.id)
+        )
+        return (await session.execute(statement)).scalar_one_or_none() is not None
+
+    async def pending_outbox(self, limit: int = 100) -> list[OutboxMessage]:
+        """Unpublished messages, oldest first (the order they were written in)."""
+        statement = (
+            select(OutboxRow).where(OutboxRow.published_at.is_(None)).order_by(OutboxRow.id).limit(limit)
+        )
+        async with self._read() as session:
+            rows = (await session.scalars(statement)).all()
+        return [convert.outbox_from_row(row) for row in rows]
+
+    async def mark_outbox_published(self, message_id: str) -> None:
+        """The broker confirmed the message; it leaves the pending list."""
+        await self._touch_outbox(message_id, published=True)
+
+    async def mark_outbox_failed(self, message_id: str) -> None:
+        """A publish attempt failed; the message stays pending with one more attempt counted."""
+        await self._touch_outbox(message_id, published=False)
+
+    async def _touch_outbox(self, message_id: str, *, published: bool) -> None:
+        changes: dict[str, Any] = {"attempts": OutboxRow.attempts + 1}
+        if published:
+            changes["published_at"] = _utcnow()
+        statement = (
+            update(OutboxRow)
+            .where(OutboxRow.message_id == message_id, OutboxRow.published_at.is_(None))
+            .values(**changes)
+        )
+        async with self._write() as session:
+            await session.execute(statement, execution_options={"synchronize_session": False})
+
+    # -- suggestions -------------------------------------------------------------------------
+
+    async def add_suggestion(
+        self,
+        *,
+        category: str,
+        file: str,
+        reasoning: str,
+        fingerprint: str,
+        line: int | None = None,
+        patch: str | None = None,
+    ) -> Suggestion:
+        """Record a suggestion once per fingerprint; a known one is returned as it is.
+
+        Finding the same problem again never reopens a dismissed suggestion.
+        """
+        now = _utcnow()
+        async with self._write() as session:
+            insert = await dialect_insert(session, SuggestionRow)
+            await session.execute(
+                insert.values(
+                    category=category,
+                    file=file,
+                    line=line,
+                    reasoning=reasoning,
+                    patch=patch,
+                    status="open",
+                    fingerprint=fingerprint,
+                    created_at=now,
+                    updated_at=now,
+                ).on_conflict_do_nothing(index_elements=["fingerprint"])
+            )
+            statement = select(SuggestionRow).where(SuggestionRow.fingerprint == fingerprint)
+            return convert.suggestion_from_row((await session.scalars(statement)).one())
+
+    async def list_suggestions(self, status: SuggestionStatus | None = None) -> list[Suggestion]:
+        """Suggestions, newest first, optionally only those in ``status``."""
+        statement = select(SuggestionRow)
+        if status is not None:
+            statement = statement.where(SuggestionRow.status == _check_suggestion_status(status))
+        statement = statement.order_by(SuggestionRow.created_at.desc(), SuggestionRow.id.desc())
+        async with self._read() as session:
+            rows = (await session.scalars(statement)).all()
+        return [convert.suggestion_from_row(row) for row in rows]
+
+    async def set_suggestion_status(self, suggestion_id: int, status: SuggestionStatus) -> bool:
+        """Move a suggestion to ``status``; False if there is no such suggestion."""
+        statement = (
+            update(SuggestionRow)
+            .where(SuggestionRow.id == suggestion_id)
+            .values(status=_check_suggestion_status(status), updated_at=_utcnow())
+            .returning(SuggestionRow.id)
+        )
+        async with self._write() as session:
+            result = await session.execute(statement, execution_options={"synchronize_session": False})
+            return result.scalar_one_or_none() is not None
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    async def count_rows(self, table: str) -> int:
+        """Rows in one of the store's tables (for health pages and tests)."""
+        tables = {t.name: t for t in ResourceRow.metadata.sorted_tables}
+        if table not in tables:
+            raise ValueError(f"unknown table {table!r}; known: {', '.join(sorted(tables))}")
+        async with self._read() as session:
+            return int((await session.execute(select(func.count()).select_from(tables[table]))).scalar_one())
+
+
+def _check_suggestion_status(status: str) -> str:
+    if status not in SUGGESTION_STATUSES:
+        raise ValueError(f"suggestion status {status!r} is not one of {', '.join(SUGGESTION_STATUSES)}")
+    return status
+
+
+__all__ = ["Store", "StoreError"]

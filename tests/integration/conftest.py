@@ -1,0 +1,42 @@
+"""Fixtures for the git side: a real intents repo on disk and a source reading it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from chiffon.controllers.intents_writer import IntentsWriter
+from chiffon.controllers.source import GitSource, SourceConfig
+from chiffon.gitrepo import GitRepo, Identity
+from tests.helpers import ALICE
+
+
+@pytest.fixture
+async def intents_repo(tmp_path: Path) -> GitRepo:
+    return await GitRepo.init(tmp_path / "intents", initial_files={"README.md": b"# intents\n"})
+
+
+@pytest.fixture
+def commit(intents_repo: GitRepo) -> Callable[..., object]:
+    async def _commit(files: dict[str, str | None], message: str = "change", author: Identity = ALICE) -> str:
+        changes = {path: (text.encode() if text is not None else None) for path, text in files.items()}
+        sha = await intents_repo.commit(changes, message, author)
+        assert sha is not None, "the test expected a commit"
+        return sha
+
+    return _commit
+
+
+@pytest.fixture
+async def source(intents_repo: GitRepo, store, tmp_path: Path) -> GitSource:  # type: ignore[no-untyped-def]
+    config = SourceConfig(location=str(intents_repo.path), checkout_dir=tmp_path / "checkout")
+    git_source = GitSource(config, store)
+    await git_source.open()
+    return git_source
+
+
+@pytest.fixture
+def writer(source: GitSource) -> IntentsWriter:
+    return IntentsWriter(source)
