@@ -12,10 +12,17 @@ both migrate on start). :func:`prepare_connection` therefore serialises them:
 a transaction-scoped advisory lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite
 (see :mod:`chiffon.store.engine`). The second process waits, then finds the
 schema at head and does nothing.
+
+Within one process that is not enough: Alembic installs ``alembic.context`` and
+``alembic.op`` as process-wide proxies for the duration of a command, so two
+upgrades interleaving on one event loop (each awaiting its database) would
+overwrite each other's. :func:`in_process_lock` runs them one at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,20 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: Key of the advisory lock held while migrating ("chiffon" + 0x01). Leader
 #: election uses a different key, so a migration never waits on the leader.
 MIGRATION_LOCK_KEY = int.from_bytes(b"chiffon\x01", "big")
+
+# One lock per event loop: an asyncio.Lock must not be shared between loops.
+_IN_PROCESS_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def in_process_lock() -> asyncio.Lock:
+    """The lock that keeps this event loop's Alembic commands from interleaving."""
+    loop = asyncio.get_running_loop()
+    lock = _IN_PROCESS_LOCKS.get(loop)
+    if lock is None:
+        lock = _IN_PROCESS_LOCKS[loop] = asyncio.Lock()
+    return lock
 
 
 def alembic_config(*, connection: Connection | None = None, schema: str | None = None) -> Config:

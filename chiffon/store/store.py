@@ -38,7 +38,7 @@ from chiffon.store import convert, intents
 from chiffon.store.coltypes import NaiveDatetimeError
 from chiffon.store.engine import WRITE, make_engine, normalise_url
 from chiffon.store.errors import StoreError, describe_url, is_connection_failure, store_error
-from chiffon.store.migrate import current_revision, schema_diff, upgrade_to_head
+from chiffon.store.migrate import current_revision, in_process_lock, schema_diff, upgrade_to_head
 from chiffon.store.queries import audit_select, runs_select
 from chiffon.store.records import (
     SUGGESTION_STATUSES,
@@ -109,7 +109,7 @@ class Store:
 
     async def migrate(self) -> None:
         """``alembic upgrade head``: idempotent, safe to run at every start, concurrently too."""
-        async with self._connection_errors(), self._engine.connect() as connection:
+        async with in_process_lock(), self._connection_errors(), self._engine.connect() as connection:
             await connection.execution_options(**{WRITE: True})
             async with connection.begin():
                 await connection.run_sync(upgrade_to_head, self._schema)

@@ -44,15 +44,34 @@ class Chiffon:
 
     def ctl(self, *args: str, cwd: Path = ROOT) -> Result:
         env = {**os.environ, "CHIFFON_SERVER": self.server, "CHIFFON_USER": "Erin Tester <erin@example.com>"}
-        done = subprocess.run([str(BIN / "chiffonctl"), *args], capture_output=True, text=True, env=env,
-                              cwd=cwd, timeout=60, check=False)
+        done = subprocess.run(
+            [str(BIN / "chiffonctl"), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+            timeout=60,
+            check=False,
+        )
         return Result(done.returncode, done.stdout, done.stderr)
 
     def git(self, *args: str) -> str:
-        env = {**os.environ, "GIT_AUTHOR_NAME": "Erin", "GIT_AUTHOR_EMAIL": "erin@example.com",
-               "GIT_COMMITTER_NAME": "Erin", "GIT_COMMITTER_EMAIL": "erin@example.com"}
-        done = subprocess.run(["git", *args], cwd=self.home / "intents", capture_output=True, text=True,
-                              env=env, timeout=30, check=True)
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "Erin",
+            "GIT_AUTHOR_EMAIL": "erin@example.com",
+            "GIT_COMMITTER_NAME": "Erin",
+            "GIT_COMMITTER_EMAIL": "erin@example.com",
+        }
+        done = subprocess.run(
+            ["git", *args],
+            cwd=self.home / "intents",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            check=True,
+        )
         return done.stdout.strip()
 
     def wait_for(self, predicate, what: str, timeout: float = 15.0):  # type: ignore[no-untyped-def]
@@ -62,7 +81,9 @@ class Chiffon:
             if value:
                 return value
             time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; server log:\n{self.log.read_text()}")
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}; server log:\n{self.log.read_text()}"
+        )
 
 
 def start(home: Path, *extra: str, port: int | None = None) -> tuple[subprocess.Popen[bytes], Path, int]:
@@ -71,7 +92,10 @@ def start(home: Path, *extra: str, port: int | None = None) -> tuple[subprocess.
     env = {key: value for key, value in os.environ.items() if not key.startswith("CHIFFON_")}
     process = subprocess.Popen(
         [str(BIN / "chiffon"), "up", "--home", str(home), "--port", str(port), *extra],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
     )
     return process, log, port
 
@@ -82,8 +106,11 @@ def chiffon(tmp_path: Path) -> Iterator[Chiffon]:
     process, log, port = start(home)
     running = Chiffon(home, f"http://127.0.0.1:{port}", process, log)
     try:
-        running.wait_for(lambda: process.poll() is not None or running.ctl("version").code == 0,
-                         "chiffon up to answer", timeout=60)
+        running.wait_for(
+            lambda: process.poll() is not None or running.ctl("version").code == 0,
+            "chiffon up to answer",
+            timeout=60,
+        )
         assert process.poll() is None, f"chiffon up exited early:\n{log.read_text()}"
         yield running
     finally:

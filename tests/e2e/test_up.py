@@ -37,7 +37,10 @@ def test_apply_get_edit_and_bad_files(chiffon: Chiffon) -> None:
     assert kuma["metadata"]["generation"] == 1
     assert re.fullmatch(r"[0-9a-f]{40}", kuma["status"]["observedRevision"])
     assert {c["type"]: c["status"] for c in kuma["status"]["conditions"]} == {
-        "Planned": "Unknown", "Approved": "Unknown", "Scheduled": "Unknown", "Ready": "Unknown",
+        "Planned": "Unknown",
+        "Approved": "Unknown",
+        "Scheduled": "Unknown",
+        "Ready": "Unknown",
     }
     assert chiffon.git("log", "-1", "--format=%an <%ae>") == "Erin Tester <erin@example.com>"
 
@@ -46,15 +49,19 @@ def test_apply_get_edit_and_bad_files(chiffon: Chiffon) -> None:
     text = path.read_text()
     path.write_text(text.replace("limit: localhost", "limit: localhost\n  priority: High", 1))
     chiffon.git("commit", "-qam", "raise priority")
-    chiffon.wait_for(lambda: intents_by_name(chiffon)["uptime-kuma"]["metadata"]["generation"] == 2,
-                     "generation 2 after a spec edit")
+    chiffon.wait_for(
+        lambda: intents_by_name(chiffon)["uptime-kuma"]["metadata"]["generation"] == 2,
+        "generation 2 after a spec edit",
+    )
 
     # A comment-only edit moves the revision, not the generation.
     path.write_text("# a new comment\n" + path.read_text())
     chiffon.git("commit", "-qam", "comment only")
     sha = chiffon.git("rev-parse", "HEAD")
-    chiffon.wait_for(lambda: intents_by_name(chiffon)["uptime-kuma"]["status"]["observedRevision"] == sha,
-                     "the comment commit to be observed")
+    chiffon.wait_for(
+        lambda: intents_by_name(chiffon)["uptime-kuma"]["status"]["observedRevision"] == sha,
+        "the comment commit to be observed",
+    )
     assert intents_by_name(chiffon)["uptime-kuma"]["metadata"]["generation"] == 2
 
     # Bad files are reported one line each and the others are still served.
@@ -62,7 +69,8 @@ def test_apply_get_edit_and_bad_files(chiffon: Chiffon) -> None:
         "malformed.yaml": "apiVersion: chiffon.dev/v1alpha1\nkind: [unclosed\n",
         "bomb.yaml": BOMB,
         "huge.yaml": "# " + "x" * 1_100_000 + "\n",
-        "invalid.yaml": (ROOT / "examples/intents/reverse-proxy.yaml").read_text()
+        "invalid.yaml": (ROOT / "examples/intents/reverse-proxy.yaml")
+        .read_text()
         .replace("name: reverse-proxy", "name: Not_DNS", 1),
     }
     for name, content in bad.items():
@@ -85,9 +93,15 @@ def test_validate_diff_describe_delete(chiffon: Chiffon, tmp_path: Path) -> None
     edited = tmp_path / "kuma.yaml"
     edited.write_text((ROOT / "examples/intents/uptime-kuma.yaml").read_text().replace("Manual", "Auto"))
     changes = chiffon.ctl("diff", "-f", str(edited))
-    assert changes.code == 1 and "-  approval: Manual" in changes.stdout and "+  approval: Auto" in changes.stdout
+    assert (
+        changes.code == 1
+        and "-  approval: Manual" in changes.stdout
+        and "+  approval: Auto" in changes.stdout
+    )
     broken = tmp_path / "broken.yaml"
-    broken.write_text("apiVersion: chiffon.dev/v1alpha1\nkind: DeploymentIntent\nmetadata: {name: x}\nspec: {}\n")
+    broken.write_text(
+        "apiVersion: chiffon.dev/v1alpha1\nkind: DeploymentIntent\nmetadata: {name: x}\nspec: {}\n"
+    )
     assert chiffon.ctl("diff", "-f", str(broken)).code == 2
 
     invalid = chiffon.ctl("validate", str(broken))

@@ -89,10 +89,13 @@ def run_migrations_online() -> None:
     if connection is not None:
         do_run_migrations(connection)
         return
-    if config.config_file_name is not None:
-        fileConfig(config.config_file_name)
     asyncio.run(run_async_migrations())
 
+
+# Only the command line configures logging; inside Chiffon the application's
+# logging setup stays untouched (Store.migrate() builds a Config with no file).
+if config.config_file_name is not None and config.attributes.get("connection") is None:
+    fileConfig(config.config_file_name)
 
 if context.is_offline_mode():
     run_migrations_offline()
