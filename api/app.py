@@ -56,7 +56,7 @@ def _install_handlers(app: FastAPI) -> None:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             return _error(
-                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                413,
                 f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}",
             )
         response: Response = await call_next(request)
@@ -69,7 +69,7 @@ def _install_handlers(app: FastAPI) -> None:
         ]
         count = len(problems)
         return _error(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            422,
             f"{count} problem{'s' if count != 1 else ''} found; nothing was applied",
             problems,
         )

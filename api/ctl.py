@@ -301,11 +301,11 @@ def missing_infra_files(parsed: list[ParsedIntent], infra_repo: Path) -> list[Re
             line = item.document.lines.get(tuple(_path_parts(field)), item.document.line)
             if not target.is_relative_to(root):
                 problems.append(
-                    ResourceError(item.source, line, field, f"{relative} resolves outside {root}")
+                    ResourceError(item.source, f"{relative} resolves outside {root}", line=line, field=field)
                 )
             elif not target.exists():
                 problems.append(
-                    ResourceError(item.source, line, field, f"{relative} does not exist in {root}")
+                    ResourceError(item.source, f"{relative} does not exist in {root}", line=line, field=field)
                 )
     return problems
 

@@ -87,19 +87,16 @@ def validate_submission(files: Sequence[SubmittedFile]) -> list[ParsedIntent]:
             errors.append(
                 ResourceError(
                     item.source,
-                    item.document.line,
-                    "metadata.name",
                     f"intent {name!r} is also defined in {seen[name]}",
+                    line=item.document.line,
+                    field="metadata.name",
                 )
             )
         seen[name] = item.source
     if not parsed and not errors:
         errors.append(
             ResourceError(
-                ", ".join(f.name for f in files) or "request",
-                None,
-                None,
-                "no DeploymentIntent documents found",
+                ", ".join(f.name for f in files) or "request", "no DeploymentIntent documents found"
             )
         )
     if errors:

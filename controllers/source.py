@@ -389,5 +389,5 @@ def _relabel(result: ParseResult, path: str) -> ParseResult:
     """Parse results are cached by blob; errors must name the file the blob is at now."""
     if not result.errors:
         return result
-    errors = [ResourceError(path, e.line, e.field, e.message) for e in result.errors]
+    errors = [ResourceError(path, e.message, line=e.line, field=e.field) for e in result.errors]
     return ParseResult(intents=result.intents, errors=errors)

@@ -914,7 +914,7 @@ def strip_server_fields(document_text: str) -> tuple[str, list[str]]:
     with _yaml_errors(text, source):
         tree = yaml.load(text)
         for path in paths:
-            _drop_key(tree if len(path) == 1 else tree[path[0]], path[-1], _wire_path(path))
+            _drop_key(_parent_of(tree, path), path[-1], _wire_path(path))
         yaml.dump(tree, output)
     return output.getvalue(), [_wire_path(path) for path in paths]
 
@@ -949,6 +949,15 @@ def _guess_indent(text: str) -> tuple[int, int]:
         bare_key = content.split(" #")[0].rstrip().endswith(":") and not content.startswith("-")
         parent = indent if bare_key else None
     return mapping or 2, 2 if offset is None else offset
+
+
+def _parent_of(tree: Any, path: tuple[str, ...]) -> CommentedMap:
+    parent = tree if len(path) == 1 else tree.get(path[0]) if isinstance(tree, CommentedMap) else None
+    if not isinstance(parent, CommentedMap) or path[-1] not in parent:
+        # Only for text the two readers see differently (odd line breaks and such).
+        message = "cannot be removed in place: the round-trip reader reads this document differently"
+        raise ResourceError("<document>", message, field=_wire_path(path))
+    return parent
 
 
 def _drop_key(mapping: CommentedMap, key: str, field: str) -> None:

@@ -64,11 +64,14 @@ def postgres_schema(postgres_url: str) -> SchemaFactory:
     @asynccontextmanager
     async def isolated() -> AsyncIterator[str]:
         name = f"chiffon_t_{uuid.uuid4().hex[:8]}"
+        unusable: StoreError | None = None
         try:
             await create_schema(postgres_url, name)
         except StoreError as exc:
+            unusable = exc
+        if unusable is not None:
             pytest.fail(
-                f"PostgreSQL is required for this test and is not usable: {exc}. "
+                f"PostgreSQL is required for this test and is not usable: {unusable}. "
                 f"Start it, point {POSTGRES_URL_ENV} at it, or set {SKIP_POSTGRES_ENV}=1 to skip.",
                 pytrace=False,
             )

@@ -29,7 +29,7 @@ def parse_selector(selector: str | None) -> dict[str, str] | None:
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY,
+                422,
                 detail=f"label selector {part!r} must look like key=value",
             )
         pairs[key.strip()] = value.strip()

@@ -37,7 +37,7 @@ from chiffon.resources.messages import AnsibleEvent
 from chiffon.store import convert, intents
 from chiffon.store.coltypes import NaiveDatetimeError
 from chiffon.store.engine import WRITE, make_engine, normalise_url
-from chiffon.store.errors import StoreError, describe_url, is_connection_failure, store_error
+from chiffon.store.errors import describe_url, is_connection_failure, store_error
 from chiffon.store.migrate import current_revision, in_process_lock, schema_diff, upgrade_to_head
 from chiffon.store.queries import audit_select, runs_select
 from chiffon.store.records import (
@@ -587,6 +587,3 @@ def _check_suggestion_status(status: str) -> str:
     if status not in SUGGESTION_STATUSES:
         raise ValueError(f"suggestion status {status!r} is not one of {', '.join(SUGGESTION_STATUSES)}")
     return status
-
-
-__all__ = ["Store", "StoreError"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import Select, text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -54,7 +55,7 @@ async def analyze(store: Store) -> None:
     await execute(store, "ANALYZE")
 
 
-async def explain(store: Store, statement: Select[tuple[object]]) -> list[str]:
+async def explain(store: Store, statement: Select[Any]) -> list[str]:
     """The query plan of ``statement``: ``EXPLAIN`` on PostgreSQL, ``EXPLAIN QUERY PLAN`` on SQLite."""
     async with store.engine.connect() as connection:
         sql = str(statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))

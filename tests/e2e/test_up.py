@@ -47,8 +47,9 @@ def test_apply_get_edit_and_bad_files(chiffon: Chiffon) -> None:
     # Editing the spec in git bumps the generation; the watcher sees the commit by itself.
     path = chiffon.home / "intents" / "uptime-kuma.yaml"
     text = path.read_text()
-    path.write_text(text.replace("limit: localhost", "limit: localhost\n  priority: High", 1))
-    chiffon.git("commit", "-qam", "raise priority")
+    assert "kuma_port: 3001" in text
+    path.write_text(text.replace("kuma_port: 3001", "kuma_port: 3002", 1))
+    chiffon.git("commit", "-qam", "move Kuma to port 3002")
     chiffon.wait_for(
         lambda: intents_by_name(chiffon)["uptime-kuma"]["metadata"]["generation"] == 2,
         "generation 2 after a spec edit",

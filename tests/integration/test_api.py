@@ -64,7 +64,7 @@ async def test_invalid_documents_get_422_naming_file_line_and_field(api, store) 
     assert body["errors"] == [
         {
             "source": "bad.yaml",
-            "line": 13,
+            "line": 12,
             "field": "spec.colour",
             "message": "Extra inputs are not permitted",
         }

@@ -12,10 +12,12 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from chiffon.resources import AuditEvent
 from chiffon.store import Store
 from chiffon.store.testing import execute, holding_migration_lock, migration_lock_waiters
-from tests.conftest import Database
+from tests.conftest import Database, SchemaFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC_INI = "chiffon/store/migrations/alembic.ini"
@@ -61,26 +63,28 @@ async def test_concurrent_migrations_wait_for_each_other(database: Database) -> 
             await s.close()
 
 
-async def test_migrating_processes_queue_on_the_postgresql_lock(database: Database) -> None:
-    if database.schema is None:
-        return  # SQLite serialises them with BEGIN IMMEDIATE instead
-    where = ["-x", f"url={database.url}", "-x", f"schema={database.schema}"]
-    observer = database.open()
-    try:
-        async with holding_migration_lock(observer):
-            upgrades = [asyncio.create_task(alembic(*where, "upgrade", "head")) for _ in range(2)]
-            # Polling: the waiters are other processes, nothing here can signal us.
-            for _ in range(600):
-                if await migration_lock_waiters(observer) == 2:
-                    break
-                await asyncio.sleep(0.05)
-            assert await migration_lock_waiters(observer) == 2, "both alembic processes wait on the lock"
-            assert not any(task.done() for task in upgrades)
-        await asyncio.gather(*upgrades)  # released together, they still succeed one after the other
-        assert await observer.revision() == HEAD
-        assert await observer.schema_drift() == []
-    finally:
-        await observer.close()
+@pytest.mark.postgres
+async def test_migrating_processes_queue_on_the_postgresql_lock(
+    postgres_url: str, postgres_schema: SchemaFactory
+) -> None:
+    async with postgres_schema() as schema:
+        where = ["-x", f"url={postgres_url}", "-x", f"schema={schema}"]
+        observer = Store.from_url(postgres_url, schema=schema)
+        try:
+            async with holding_migration_lock(observer):
+                upgrades = [asyncio.create_task(alembic(*where, "upgrade", "head")) for _ in range(2)]
+                # Polling: the waiters are other processes, nothing here can signal us.
+                for _ in range(600):
+                    if await migration_lock_waiters(observer) == 2:
+                        break
+                    await asyncio.sleep(0.05)
+                assert await migration_lock_waiters(observer) == 2, "both alembic processes wait on the lock"
+                assert not any(task.done() for task in upgrades)
+            await asyncio.gather(*upgrades)  # released together, they still succeed one after the other
+            assert await observer.revision() == HEAD
+            assert await observer.schema_drift() == []
+        finally:
+            await observer.close()
 
 
 async def test_drift_is_reported(store: Store) -> None:
@@ -128,17 +132,17 @@ async def test_alembic_command_line_on_sqlite(tmp_path: Path) -> None:
     assert HEAD not in await alembic("-x", f"url={url}", "current")
 
 
-async def test_alembic_command_line_on_postgresql(database: Database) -> None:
-    if database.schema is None:
-        return  # the SQLite case is the test above
-    await alembic("-x", f"url={database.url}", "-x", f"schema={database.schema}", "upgrade", "head")
+@pytest.mark.postgres
+async def test_alembic_command_line_on_postgresql(postgres_url: str, postgres_schema: SchemaFactory) -> None:
+    async with postgres_schema() as schema:
+        await alembic("-x", f"url={postgres_url}", "-x", f"schema={schema}", "upgrade", "head")
 
-    store = database.open()
-    try:
-        assert await store.revision() == HEAD
-        assert await store.schema_drift() == []
-    finally:
-        await store.close()
+        store = Store.from_url(postgres_url, schema=schema)
+        try:
+            assert await store.revision() == HEAD
+            assert await store.schema_drift() == []
+        finally:
+            await store.close()
 
 
 async def test_offline_sql_names_every_table(tmp_path: Path) -> None:

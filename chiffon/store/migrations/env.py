@@ -29,23 +29,24 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def _option(x_name: str, env_name: str, ini_name: str | None = None) -> str | None:
-    value = context.get_x_argument(as_dictionary=True).get(x_name) or os.environ.get(env_name)
-    if not value and ini_name:
-        value = config.get_main_option(ini_name)
-    return value or None
-
-
 def _url() -> str:
-    url = _option("url", "CHIFFON_DATABASE_URL", "sqlalchemy.url")
-    if url is None:
+    """-x url=..., else $CHIFFON_DATABASE_URL, else sqlalchemy.url from the ini file."""
+    url = (
+        context.get_x_argument(as_dictionary=True).get("url")
+        or os.environ.get("CHIFFON_DATABASE_URL")
+        or config.get_main_option("sqlalchemy.url")
+    )
+    if not url:
         raise SystemExit("no database URL: pass -x url=... or set CHIFFON_DATABASE_URL")
     return url
 
 
 def _schema() -> str | None:
-    schema = config.attributes.get("schema")
-    return schema if isinstance(schema, str) else _option("schema", "CHIFFON_DATABASE_SCHEMA")
+    """The Store's schema when it calls us; ``-x schema=...`` on the command line."""
+    if config.attributes.get("connection") is not None:
+        schema = config.attributes.get("schema")
+        return schema if isinstance(schema, str) else None
+    return context.get_x_argument(as_dictionary=True).get("schema") or None
 
 
 def do_run_migrations(connection: Connection) -> None:
