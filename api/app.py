@@ -9,6 +9,7 @@ stack trace to a client.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 
 from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -46,8 +47,10 @@ def create_app(context: ServerContext) -> FastAPI:
     return app
 
 
-def _error(status_code: int, detail: str, errors: list[dict[str, object]] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail, "errors": errors or []}, status_code=status_code)
+def _error(
+    status_code: int, detail: str, errors: Sequence[Mapping[str, object]] | None = None
+) -> JSONResponse:
+    return JSONResponse({"detail": detail, "errors": list(errors or [])}, status_code=status_code)
 
 
 def _install_handlers(app: FastAPI) -> None:

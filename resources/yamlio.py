@@ -11,12 +11,17 @@ nobody has vetted (DESIGN §9):
    levels deep. One walk over the events enforces the depth, alias and document
    limits, refuses every tag outside the YAML core schema (``!!python/object``,
    ``!vault``, ...) and records where each document starts and ends in the text.
+   ruamel runs libyaml here when ruamel.yaml.clib is installed (the usual
+   case: about twenty times faster) and its pure-Python parser otherwise; the
+   tests run both, and the rare constructs on which they disagree ('%YAML 1.1',
+   a reused anchor name) are refused.
 3. **Compose, then convert ourselves.** Only a file that passed the pre-scan is
    composed into node trees, and ruamel's constructors never run. Our converter
    resolves scalars by their YAML 1.2 core tag, keeps timestamps as text, applies
-   merge keys, refuses duplicate keys and counts every node it produces, aliases
-   expanded, so an alias bomb stops after ``max_nodes`` nodes rather than after
-   it has eaten the machine.
+   merge keys and refuses duplicate keys. Before converting, the size a document
+   expands to is measured on the node graph (each shared node once), so an alias
+   bomb is refused in milliseconds, before any of it is built; the converter
+   still counts every node it produces against ``max_nodes``.
 
 Every problem becomes one :class:`ResourceError` naming the file, the line and
 the field, on one line, ready for the CLI, an API answer or a source status.
@@ -31,6 +36,7 @@ Nothing here touches the filesystem or the network: callers pass text.
 
 from __future__ import annotations
 
+import bisect
 import io
 import math
 import re
@@ -398,56 +404,65 @@ class _Span:
 def _spans(text: str, documents: Sequence[_DocumentMarks]) -> list[_Span]:
     if not documents:
         return []
-    starts = [0] + [_boundary(text, documents[i - 1], documents[i]) for i in range(1, len(documents))]
+    lines = _LineIndex(text)
+    starts = [0] + [_boundary(lines, documents[i - 1], documents[i]) for i in range(1, len(documents))]
     ends = [*starts[1:], len(text)]
-    return [_span(text, marks, start, end) for marks, start, end in zip(documents, starts, ends, strict=True)]
+    return [
+        _span(lines, marks, start, end) for marks, start, end in zip(documents, starts, ends, strict=True)
+    ]
 
 
-# ruamel ends a line at any of these, not only at '\n' ('\r\n' ends at its '\n').
-_BREAKS = ("\n", "\r", "\x85", "\u2028", "\u2029")
+# ruamel ends a line at any of these, not only at '\n'.
+_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 
 
-def _line_start(text: str, position: int) -> int:
-    return max(text.rfind(char, 0, position) for char in _BREAKS) + 1
+class _LineIndex:
+    """Where each line of a text starts, found once so that every lookup is a bisection."""
 
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.starts = [0] + [match.end() for match in _LINE_BREAK.finditer(text)]
 
-def _next_line_start(text: str, position: int) -> int:
-    found = [index for index in (text.find(char, position) for char in _BREAKS) if index >= 0]
-    if not found:
-        return len(text)
-    end = min(found)
-    return end + 2 if text.startswith("\r\n", end) else end + 1
+    def start(self, position: int) -> int:
+        """Start of the line that holds ``position``."""
+        return self.starts[bisect.bisect_right(self.starts, position) - 1]
+
+    def next_start(self, position: int) -> int:
+        """Start of the line after the one that holds ``position`` (the end of the text on the last)."""
+        index = bisect.bisect_right(self.starts, position)
+        return self.starts[index] if index < len(self.starts) else len(self.text)
 
 
 def _first_token(marks: _DocumentMarks) -> int:
     return marks.body_start - 3 if marks.explicit_start else marks.body_start
 
 
-def _boundary(text: str, previous: _DocumentMarks, current: _DocumentMarks) -> int:
+def _boundary(lines: _LineIndex, previous: _DocumentMarks, current: _DocumentMarks) -> int:
     """Where ``current``'s span starts: at its '---' line, or above it to take the comments just there.
 
     A run of comment (or directive) lines directly above a '---', with no blank
     line in between, describes the document below it, not the one above.
     """
-    ceiling = _line_start(text, _first_token(current))
+    ceiling = lines.start(_first_token(current))
     if previous.explicit_end:
-        floor = _next_line_start(text, previous.end_start)
+        floor = lines.next_start(previous.end_start)
     elif previous.content_end is not None:
-        floor = _next_line_start(text, max(previous.content_end - 1, 0))
+        floor = lines.next_start(max(previous.content_end - 1, 0))
     else:
         return ceiling  # an empty document keeps its comments
     while ceiling > floor:
-        above = _line_start(text, ceiling - 1)
-        if not text[above:ceiling].lstrip().startswith(("#", "%")):
+        above = lines.start(ceiling - 1)
+        if not lines.text[above:ceiling].lstrip().startswith(("#", "%")):
             break
         ceiling = above
     return ceiling
 
 
-def _span(text: str, marks: _DocumentMarks, start: int, end: int) -> _Span:
+def _span(lines: _LineIndex, marks: _DocumentMarks, start: int, end: int) -> _Span:
+    text = lines.text
     if marks.explicit_start:
-        header = _without_directives(text[start : _line_start(text, _first_token(marks))])
-        body_start = _after_marker(text, marks.body_start)
+        header = _without_directives(text[start : lines.start(_first_token(marks))])
+        body_start = _after_marker(lines, marks.body_start)
     else:
         header, body_start = "", start
     body_end = max(marks.end_start, body_start) if marks.explicit_end else end
@@ -464,10 +479,10 @@ def _without_directives(header: str) -> str:
     return "".join(line for line in header.splitlines(keepends=True) if not line.startswith("%"))
 
 
-def _after_marker(text: str, position: int) -> int:
+def _after_marker(lines: _LineIndex, position: int) -> int:
     """Where a document's own text starts after its '---': the next line, or a comment on that line."""
-    line_end = _next_line_start(text, position)
-    rest = text[position:line_end]
+    line_end = lines.next_start(position)
+    rest = lines.text[position:line_end]
     if not rest.strip():
         return line_end
     if rest.lstrip().startswith("#"):
@@ -1037,8 +1052,14 @@ def _prepend_comment(mapping: CommentedMap, key: str, lines: list[str]) -> None:
 def replace_document(file_text: str, index: int, new_document_text: str | None) -> str:
     """Replace the ``index``-th document of a file, or remove it when the new text is None.
 
-    The other documents are copied byte for byte, comments and all. The new
-    text must be one YAML document; its own '---' or '...' lines are dropped.
+    The file is cut at document boundaries and only the one document changes:
+    the others are copied byte for byte, comments and all. A run of comment
+    lines just above a '---' belongs to the document below it, so it is
+    replaced or removed with that document. The new text must be one YAML
+    document; its own '---', '...' and directive lines are dropped. Raises
+    IndexError for a document the file does not have and ResourceError for
+    unreadable YAML; the edited file is read back to prove it still splits
+    into the documents it should.
     """
     bom = "\ufeff" if file_text.startswith("\ufeff") else ""
     text = file_text[len(bom) :]

@@ -112,8 +112,9 @@ def test_set_condition(
     after = set_condition(before, set_type, status, reason, "A sentence.", now=T1, observed_generation=2)
 
     assert [(c.type, c.status, c.reason, c.last_transition_time) for c in after] == want
-    assert find_condition(after, set_type) is not None
-    assert find_condition(after, set_type).observed_generation == 2  # type: ignore[union-attr]
+    changed = find_condition(after, set_type)
+    assert changed is not None
+    assert (changed.message, changed.observed_generation) == ("A sentence.", 2)
     assert after is not before
 
 

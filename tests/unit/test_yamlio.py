@@ -245,14 +245,16 @@ def test_hostile_input_gives_one_clear_error(
     assert message in error.message
     assert str(error).startswith("intents/bad.yaml:")
     assert error.line is not None
-    if line is not None:  # the '%YAML' line is the directive for libyaml and the '---' for ruamel
+    if line is not None:  # '%YAML 1.1': libyaml points at the directive, pure Python at the '---'
         assert error.line == line
     assert f"intents/bad.yaml:{error.line}: " in str(error)
     assert "\n" not in str(error)
-    assert elapsed < 1.0, f"took {elapsed:.2f}s"
+    # ruamel's pure-Python scanner looks ahead up to 1024 characters for a possible
+    # key, which costs it half a second on 10 000 '['; libyaml takes milliseconds.
+    assert elapsed < (1.0 if parser == "libyaml" else 3.0), f"took {elapsed:.2f}s"
 
 
-def test_billion_laughs_is_refused_fast_with_the_real_parser() -> None:
+def test_billion_laughs_is_refused_in_milliseconds() -> None:
     started = time.perf_counter()
     with pytest.raises(ResourceError, match="expands to more than 100000 nodes through aliases"):
         load_yaml_documents(billion_laughs(), "bomb.yaml")
@@ -412,7 +414,7 @@ def test_schema_errors_name_the_field_and_line(parser: str) -> None:
             id="absolute-path",
         ),
         pytest.param(
-            intent("kuma", step="goal: '   '\n      vars: {a: .nan}"),
+            intent("kuma", step="role: caddy\n      vars: {a: .nan}"),
             "spec.steps[0].vars",
             9,
             "vars must not hold NaN or infinity",
