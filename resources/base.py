@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "chiffon.dev"
@@ -124,8 +124,20 @@ def _validate_plain_mapping(value: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-DNS1123Name = Annotated[str, AfterValidator(validate_dns1123_label)]
+# The JSON Schema carries the patterns too, so editors (yaml-language-server) flag
+# mistakes as you type; the validators give the friendlier messages at runtime.
+DNS1123Name = Annotated[
+    str,
+    AfterValidator(validate_dns1123_label),
+    Field(json_schema_extra={"pattern": _DNS1123_LABEL.pattern, "maxLength": 63}),
+]
 CamelWord = Annotated[str, AfterValidator(validate_camel_word)]
-Duration = Annotated[str, AfterValidator(_validate_duration)]
-RepoPath = Annotated[str, AfterValidator(validate_repo_path)]
+Duration = Annotated[
+    str, AfterValidator(_validate_duration), Field(json_schema_extra={"pattern": _DURATION.pattern})
+]
+RepoPath = Annotated[
+    str,
+    AfterValidator(validate_repo_path),
+    Field(json_schema_extra={"pattern": r"^(?!/)(?!~)[^\\\x00]+$", "maxLength": 1024}),
+]
 PlainVars = Annotated[dict[str, Any], AfterValidator(_validate_plain_mapping)]
