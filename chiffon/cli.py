@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import shutil
 import signal
@@ -61,9 +62,12 @@ def bundled_examples() -> Path:
     checkout = Path(__file__).resolve().parent.parent / "examples"
     if (checkout / "homelab-infra").is_dir():
         return checkout
-    from importlib.resources import files
-
-    return Path(str(files("chiffon.examples")))
+    # Installed with `pip install .`: examples/ is data inside the (namespace) package chiffon.examples.
+    spec = importlib.util.find_spec("chiffon.examples")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "homelab-infra").is_dir():
+            return Path(location)
+    raise StartupError("the bundled examples are missing from this installation; pass --infra-repo PATH")
 
 
 async def prepare_infra_repo(settings: Settings) -> Path:
@@ -273,6 +277,8 @@ def _configure_logging(settings: Settings) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # watchfiles logs every batch of file events at INFO; the sync that follows says what mattered.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 @app.command()
