@@ -528,6 +528,8 @@ def describe_lines(item: dict[str, Any], events: list[dict[str, Any]]) -> list[s
     lines.append("Events:")
     if not events:
         lines.append("  <none>")
+    else:
+        lines.append(f"  {'AGE':<5} {'ACTION':<20} {'OUTCOME':<8} ACTOR")
     for event in events:
         lines.append(
             f"  {age(event.get('time')):<5} {event['action']:<20} {event.get('outcome', ''):<8} "
