@@ -153,3 +153,24 @@ async def test_watch_loop_picks_up_a_commit_within_seconds(source, commit, store
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_watch_loop_survives_an_unreachable_database(
+    intents_repo: GitRepo, commit, tmp_path: Path, caplog
+) -> None:
+    import asyncio
+
+    from chiffon.store import Store
+
+    await commit({"kuma.yaml": intent_yaml("kuma")})
+    dead = Store.from_url("postgresql+asyncpg://postgres:hunter2@127.0.0.1:1/none")
+    source = GitSource(SourceConfig(str(intents_repo.path), tmp_path / "co"), dead)
+    stop = asyncio.Event()
+    task = asyncio.create_task(source.run(stop))
+    await asyncio.sleep(1.5)
+    assert not task.done(), "the loop must keep retrying, not die"
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    await dead.close()
+    failures = [r.getMessage() for r in caplog.records if "sync of intents failed" in r.getMessage()]
+    assert failures and "127.0.0.1:1" in failures[0] and "hunter2" not in failures[0]
