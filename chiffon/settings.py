@@ -45,7 +45,8 @@ class _YamlFileSource(PydanticBaseSettingsSource):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHIFFON_", extra="forbid")
+    # An empty CHIFFON_API_TOKEN= means "unset", not "the empty token".
+    model_config = SettingsConfigDict(env_prefix="CHIFFON_", extra="forbid", env_ignore_empty=True)
 
     home: Path = Field(default=DEFAULT_HOME, description="state directory")
     database_url: str | None = Field(

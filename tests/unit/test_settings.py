@@ -76,3 +76,10 @@ def test_cli_reports_bad_settings_in_one_line(tmp_path: Path) -> None:
 )
 def test_listens_beyond_loopback(host: str, beyond: bool, tmp_path: Path) -> None:
     assert Settings(home=tmp_path, host=host).listens_beyond_loopback is beyond
+
+
+def test_an_empty_variable_means_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHIFFON_API_TOKEN", "")
+    monkeypatch.setenv("CHIFFON_DATABASE_URL", "")
+    settings = Settings(home=tmp_path)
+    assert settings.api_token is None and settings.database_url is None
