@@ -8,31 +8,24 @@ API and the bus), so what the database holds reads like what ``chiffonctl get
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from chiffon.resources import (
-    Agent,
-    AgentKind,
-    Approval,
-    AuditEvent,
-    Capacity,
-    Decision,
-    Outcome,
-    Run,
-    RunStatus,
-)
+from chiffon.resources import Agent, Approval, AuditEvent, Model, Run
 from chiffon.resources.messages import AnsibleEvent
-from chiffon.resources.run import HostStats, ResourceUsage
 from chiffon.store.records import LlmUsage, OutboxMessage, Suggestion, SuggestionStatus
 from chiffon.store.tables import (
-    AgentRow,
-    ApprovalRow,
-    AuditEventRow,
     LlmUsageRow,
     OutboxRow,
-    RunRow,
     SuggestionRow,
 )
+
+ModelT = TypeVar("ModelT", bound=Model)
+
+
+def model_from_row(model: type[ModelT], row: object) -> ModelT:
+    """Read a row into a resource model: columns are named like the model's fields,
+    and JSON columns hold the wire form, which validates back into nested models."""
+    return model.model_validate(row, from_attributes=True)
 
 
 def run_values(run: Run, now: datetime) -> dict[str, Any]:
@@ -56,27 +49,6 @@ def run_values(run: Run, now: datetime) -> dict[str, Any]:
     }
 
 
-def run_from_row(row: RunRow) -> Run:
-    return Run(
-        id=row.id,
-        intent=row.intent,
-        generation=row.generation,
-        plan_digest=row.plan_digest,
-        step=row.step,
-        step_index=row.step_index,
-        check_mode=row.check_mode,
-        agent_id=row.agent_id,
-        status=RunStatus(row.status),
-        rc=row.rc,
-        stats={host: HostStats.model_validate(stats) for host, stats in row.stats.items()},
-        usage=ResourceUsage.model_validate(row.usage) if row.usage is not None else None,
-        error=row.error,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-    )
-
-
 def event_from_json(data: dict[str, Any]) -> AnsibleEvent:
     return AnsibleEvent.model_validate(data)
 
@@ -94,18 +66,6 @@ def agent_values(agent: Agent, now: datetime) -> dict[str, Any]:
     }
 
 
-def agent_from_row(row: AgentRow) -> Agent:
-    return Agent(
-        id=row.id,
-        kind=AgentKind(row.kind),
-        labels=row.labels,
-        online=row.online,
-        last_seen=row.last_seen,
-        capacity=Capacity.model_validate(row.capacity) if row.capacity is not None else None,
-        version=row.version,
-    )
-
-
 def audit_values(event: AuditEvent) -> dict[str, Any]:
     # The id is the database's to assign; an id on the way in is ignored.
     return {
@@ -120,20 +80,6 @@ def audit_values(event: AuditEvent) -> dict[str, Any]:
     }
 
 
-def audit_from_row(row: AuditEventRow) -> AuditEvent:
-    return AuditEvent(
-        id=row.id,
-        time=row.time,
-        actor=row.actor,
-        action=row.action,
-        resource=row.resource,
-        service=row.service,
-        outcome=Outcome(row.outcome),
-        revision=row.revision,
-        details=row.details,
-    )
-
-
 def approval_values(approval: Approval, now: datetime) -> dict[str, Any]:
     return {
         "intent": approval.intent,
@@ -143,17 +89,6 @@ def approval_values(approval: Approval, now: datetime) -> dict[str, Any]:
         "reason": approval.reason,
         "created_at": approval.created_at or now,
     }
-
-
-def approval_from_row(row: ApprovalRow) -> Approval:
-    return Approval(
-        intent=row.intent,
-        digest=row.digest,
-        decision=Decision(row.decision),
-        actor=row.actor,
-        reason=row.reason,
-        created_at=row.created_at,
-    )
 
 
 def outbox_from_row(row: OutboxRow) -> OutboxMessage:

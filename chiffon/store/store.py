@@ -295,7 +295,7 @@ class Store:
         )
         async with self._read() as session:
             rows = (await session.scalars(statement)).all()
-        return [convert.audit_from_row(row) for row in rows]
+        return [convert.model_from_row(AuditEvent, row) for row in rows]
 
     # -- approvals ---------------------------------------------------------------------------
 
@@ -315,7 +315,7 @@ class Store:
         )
         async with self._read() as session:
             rows = (await session.scalars(statement)).all()
-        return [convert.approval_from_row(row) for row in rows]
+        return [convert.model_from_row(Approval, row) for row in rows]
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -352,13 +352,13 @@ class Store:
     async def get_run(self, run_id: str) -> Run | None:
         async with self._read() as session:
             row = await session.get(RunRow, run_id)
-        return convert.run_from_row(row) if row is not None else None
+        return convert.model_from_row(Run, row) if row is not None else None
 
     async def list_runs(self, *, intent: str | None = None, limit: int = 50) -> list[Run]:
         """Runs, newest first."""
         async with self._read() as session:
             rows = (await session.scalars(runs_select(intent=intent, limit=limit))).all()
-        return [convert.run_from_row(row) for row in rows]
+        return [convert.model_from_row(Run, row) for row in rows]
 
     async def append_run_events(self, run_id: str, events: Sequence[AnsibleEvent]) -> int:
         """Store a run's events; an event whose ``seq`` is already stored is ignored.
@@ -416,7 +416,7 @@ class Store:
     async def list_agents(self) -> list[Agent]:
         async with self._read() as session:
             rows = (await session.scalars(select(AgentRow).order_by(AgentRow.id))).all()
-        return [convert.agent_from_row(row) for row in rows]
+        return [convert.model_from_row(Agent, row) for row in rows]
 
     # -- LLM usage ---------------------------------------------------------------------------
 
