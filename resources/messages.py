@@ -157,13 +157,19 @@ class Envelope(Model):
             return data
         kind = data.get("type")
         payload = data.get("payload")
-        if kind in PAYLOAD_TYPES.values() or not isinstance(payload, dict):
+        if not isinstance(payload, dict):
             return data
         try:
             model = PAYLOAD_TYPES[MessageType(str(kind))]
         except ValueError:
             return data  # the field validator reports the unknown type
-        return {**data, "payload": model.model_validate(payload)}
+        try:
+            return {**data, "payload": model.model_validate(payload)}
+        except ValidationError as exc:
+            # Re-raised so the report names the field inside the payload, e.g. payload.runId.
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in ("payload", *first["loc"]))
+            raise ValueError(f"{where}: {first['msg']}") from None
 
     @model_validator(mode="after")
     def _payload_type_agrees(self) -> Envelope:
@@ -195,5 +201,7 @@ def decode_envelope(body: bytes) -> Envelope:
         return Envelope.model_validate_json(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "message"
-        raise ProtocolError(f"invalid chiffon/v1 message: {where}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        where = ".".join(str(part) for part in first["loc"])
+        detail = f"{where}: {message}" if where else message
+        raise ProtocolError(f"invalid chiffon/v1 message: {detail}") from None

@@ -424,3 +424,12 @@ def test_run_id_fields_cannot_run_into_each_other() -> None:
 
 def test_run_id_of_a_long_name_stays_short() -> None:
     assert len(run_id("x" * 63, 1, DIGEST, "deploy")) == 40 + 1 + 16
+
+
+def test_a_bad_payload_field_is_named_with_its_payload_path() -> None:
+    from chiffon.resources.messages import ProtocolError, decode_envelope
+
+    body = (b'{"protocol":"chiffon/v1","type":"RunRequest","messageId":"m","sentAt":"2026-01-01T00:00:00Z",'
+            b'"payload":{"intent":"x"}}')
+    with pytest.raises(ProtocolError, match=r"payload\.runId: Field required"):
+        decode_envelope(body)
