@@ -42,6 +42,8 @@ class RunRequest(Model):
     plan_digest: str
     step: str
     step_index: int = 0
+    attempt: int = Field(default=1, ge=1)
+    epoch: int = Field(default=0, ge=0, description="leader epoch fence: agents refuse older epochs")
     playbook: str | None = None
     role: str | None = None
     inventory: str | None = None

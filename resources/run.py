@@ -33,9 +33,13 @@ FINISHED_RUN_STATUSES = frozenset(
 )
 
 
-def run_id(intent: str, generation: int, plan_digest: str, step: str) -> str:
-    """Deterministic run id: the database key, AMQP message_id and ansible-runner ident."""
-    material = f"{intent}\x00{generation}\x00{plan_digest}\x00{step}".encode()
+def run_id(intent: str, generation: int, plan_digest: str, step: str, attempt: int = 1) -> str:
+    """Deterministic run id: the database key, AMQP message_id and ansible-runner ident.
+
+    ``attempt`` counts the failed runs of the same step before this one, so a retry
+    after a failure is a new run while a redelivery of the same request is not.
+    """
+    material = f"{intent}\x00{generation}\x00{plan_digest}\x00{step}\x00{attempt}".encode()
     return f"{intent[:40]}-{hashlib.sha256(material).hexdigest()[:16]}"
 
 
@@ -61,6 +65,8 @@ class Run(Model):
     plan_digest: str
     step: str
     step_index: int = Field(ge=0)
+    attempt: int = Field(default=1, ge=1)
+    epoch: int | None = Field(default=None, description="leader epoch of the controller that dispatched it")
     check_mode: bool = False
     agent_id: str | None = None
     status: RunStatus = RunStatus.PENDING

@@ -36,6 +36,8 @@ def run_values(run: Run, now: datetime) -> dict[str, Any]:
         "plan_digest": run.plan_digest,
         "step": run.step,
         "step_index": run.step_index,
+        "attempt": run.attempt,
+        "epoch": run.epoch,
         "check_mode": run.check_mode,
         "agent_id": run.agent_id,
         "status": run.status.value,

@@ -117,6 +117,8 @@ class RunRow(Base):
     plan_digest: Mapped[str] = mapped_column(String(DIGEST))
     step: Mapped[str] = mapped_column(String(NAME))
     step_index: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     check_mode: Mapped[bool] = mapped_column(Boolean)
     agent_id: Mapped[str | None] = mapped_column(String(ID))
     status: Mapped[str] = mapped_column(String(SHORT))

@@ -96,6 +96,8 @@ def _runs() -> None:
         sa.Column("plan_digest", sa.String(64), nullable=False),
         sa.Column("step", sa.String(253), nullable=False),
         sa.Column("step_index", sa.Integer(), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("epoch", sa.Integer(), nullable=True),
         sa.Column("check_mode", sa.Boolean(), nullable=False),
         sa.Column("agent_id", sa.String(200), nullable=True),
         sa.Column("status", sa.String(32), nullable=False),
