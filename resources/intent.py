@@ -164,7 +164,9 @@ class IntentStatus(Model):
     last_applied_digest: str | None = None
     last_run: RunSummary | None = None
     blocked_by: str | None = None
+    # Read from the store's record of the git source, never written as status:
     source_path: str | None = Field(default=None, description="file in the intents repo that declares it")
+    source_revision: str | None = Field(default=None, description="commit in which the file last changed")
 
 
 class DeploymentIntent(Model):

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from chiffon.api.deps import ActorDep, SourceDep, StoreDep, WriterDep
+from chiffon.api.deps import ActorDep, StoreDep, WriterDep
 from chiffon.api.schemas import (
     AppliedIntentResponse,
     ApplyRequest,
@@ -15,7 +15,6 @@ from chiffon.api.schemas import (
     ListResponse,
 )
 from chiffon.controllers.intents_writer import SubmittedFile, validate_submission
-from chiffon.resources import DeploymentIntent
 
 router = APIRouter(prefix="/intents", tags=["intents"])
 
@@ -36,30 +35,21 @@ def parse_selector(selector: str | None) -> dict[str, str] | None:
     return pairs
 
 
-def with_source_path(intent: DeploymentIntent, paths: dict[str, str]) -> dict[str, Any]:
-    if intent.status is not None:
-        intent.status.source_path = paths.get(intent.metadata.name)
-    return intent.to_wire()
-
-
 @router.get("", response_model=ListResponse)
 async def list_intents(
     store: StoreDep,
-    source: SourceDep,
     selector: Annotated[str | None, Query(alias="labelSelector", max_length=1000)] = None,
 ) -> dict[str, Any]:
     intents = await store.list_intents(label_selector=parse_selector(selector))
-    paths = {name: ref.path for name, ref in (await store.intent_sources(source.config.name)).items()}
-    return {"apiVersion": "v1", "kind": "List", "items": [with_source_path(i, paths) for i in intents]}
+    return {"apiVersion": "v1", "kind": "List", "items": [intent.to_wire() for intent in intents]}
 
 
 @router.get("/{name}")
-async def get_intent(name: str, store: StoreDep, source: SourceDep) -> dict[str, Any]:
+async def get_intent(name: str, store: StoreDep) -> dict[str, Any]:
     intent = await store.get_intent(name)
     if intent is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"deploymentintent/{name} not found")
-    paths = {n: ref.path for n, ref in (await store.intent_sources(source.config.name)).items()}
-    return with_source_path(intent, paths)
+    return intent.to_wire()
 
 
 @router.post("/apply", response_model=ApplyResponse)

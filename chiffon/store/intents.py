@@ -102,6 +102,10 @@ def plan_upsert(
     )
 
 
+#: Status fields that come from the resource row on read and are never stored as status.
+SOURCE_FIELDS = frozenset({"source_path", "source_revision"})
+
+
 def initial_status(source: SourceRef, now: datetime) -> IntentStatus:
     """Every condition Unknown: nothing has reconciled the intent yet."""
     return IntentStatus(conditions=initial_conditions(now=now), observed_revision=source.revision)
@@ -116,10 +120,15 @@ def intent_from_rows(resource: ResourceRow, status: ResourceStatusRow | None) ->
         uid=resource.uid,
         creation_timestamp=resource.created_at,
     )
+    current = IntentStatus.model_validate(status.status) if status is not None else IntentStatus()
+    # Where the spec came from is the resource row's fact, surfaced on every read so a
+    # status written from an older read can never roll it back.
+    current.source_path = resource.source_path
+    current.source_revision = resource.source_revision
     return DeploymentIntent(
         metadata=metadata,
         spec=DeploymentIntentSpec.model_validate(resource.spec),
-        status=IntentStatus.model_validate(status.status) if status is not None else None,
+        status=current,
     )
 
 
@@ -264,7 +273,9 @@ async def _set_observed_revision(session: AsyncSession, uid: str, revision: str,
 async def put_status(session: AsyncSession, uid: str, status: IntentStatus, now: datetime) -> None:
     """Insert or replace the status row of resource ``uid``."""
     values = {
-        "status": status.to_wire(),
+        "status": status.model_dump(
+            mode="json", by_alias=True, exclude_none=True, exclude=SOURCE_FIELDS
+        ),
         "observed_generation": status.observed_generation,
         "updated_at": now,
     }
