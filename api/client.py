@@ -117,6 +117,18 @@ class ChiffonClient:
         result: dict[str, Any] = self.request("DELETE", f"/intents/{name}", json={"message": message})
         return result
 
+    def decide(self, name: str, verb: str, *, plan: str | None, reason: str) -> dict[str, Any]:
+        body = {"plan": plan, "reason": reason}
+        result: dict[str, Any] = self.request("POST", f"/intents/{name}/{verb}", json=body)
+        return result
+
+    def list_runs(self, intent: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if intent:
+            params["intent"] = intent
+        items: list[dict[str, Any]] = self.request("GET", "/runs", params=params)["items"]
+        return items
+
     def list_sources(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.request("GET", "/sources")["items"]
         return items

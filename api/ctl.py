@@ -476,7 +476,36 @@ def get_sources(
 get_app.command("source", hidden=True)(get_sources)
 
 
-def describe_lines(item: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:
+def plan_lines(plan: dict[str, Any] | None) -> list[str]:
+    if not plan:
+        return ["Plan:          <none yet>"]
+    seconds = plan.get("estimatedDurationSeconds")
+    duration = f", about {seconds:.0f}s" if seconds else ", no duration estimate yet"
+    lines = [
+        f"Plan:          {plan['digest'][:12]} ({plan.get('risk', '?')} risk{duration})",
+        f"  digest:      {plan['digest']}",
+    ]
+    for index, step in enumerate(plan.get("steps", []), start=1):
+        target = step.get("playbook") or f"role {step.get('role')}"
+        lines.append(f"  {index}. {step['name']:<20} {target}  [{step['contentHash'][:12]}]")
+    return lines
+
+
+def run_lines(runs: list[dict[str, Any]]) -> list[str]:
+    if not runs:
+        return ["Runs:          <none>"]
+    lines = ["Runs:", f"  {'RUN':<34} {'STEP':<20} {'TRY':<4} {'STATUS':<11} {'AGENT':<16} AGE"]
+    for run in runs[:10]:
+        lines.append(
+            f"  {run['id']:<34} {run['step']:<20} {run.get('attempt', 1):<4} {run['status']:<11} "
+            f"{run.get('agentId') or '-':<16} {age(run.get('createdAt'))}"
+        )
+    return lines
+
+
+def describe_lines(
+    item: dict[str, Any], events: list[dict[str, Any]], runs: list[dict[str, Any]]
+) -> list[str]:
     metadata, spec, status = item["metadata"], item["spec"], item.get("status") or {}
     labels = ",".join(f"{k}={v}" for k, v in (metadata.get("labels") or {}).items()) or "<none>"
     resources = spec.get("resources", {})
@@ -519,12 +548,9 @@ def describe_lines(item: dict[str, Any], events: list[dict[str, Any]]) -> list[s
             f"  {entry['type']:<12} {entry['status']:<8} {entry['reason']:<22} "
             f"{age(entry.get('lastTransitionTime')):<5} {entry.get('message', '')}"
         )
-    plan = status.get("plan")
-    plan_text = f"{plan['digest'][:12]} ({plan.get('risk', '?')} risk)" if plan else "<none yet>"
-    lines.append(f"Plan:          {plan_text}")
+    lines.extend(plan_lines(status.get("plan")))
     lines.append(f"Blocked by:    {status.get('blockedBy') or '-'}")
-    last_run = status.get("lastRun")
-    lines.append(f"Last run:      {last_run['id'] + ' ' + last_run['status'] if last_run else '<none>'}")
+    lines.extend(run_lines(runs))
     lines.append("Events:")
     if not events:
         lines.append("  <none>")
@@ -546,8 +572,127 @@ def describe_intent(name: str) -> None:
         if item is None:
             raise fail(f"deploymentintent/{name} not found", Exit.INVALID)
         events = api.audit(resource=f"DeploymentIntent/{name}", limit=10)
-    for line in describe_lines(item, events):
+        runs = api.list_runs(name, limit=10)
+    for line in describe_lines(item, events, runs):
         out.print(line, markup=False)
+
+
+# approve / reject / wait / runs ----------------------------------------------------------------
+
+
+PlanOption = Annotated[
+    str | None,
+    typer.Option("--plan", help="the plan digest you reviewed (first 6+ characters); refused if stale"),
+]
+
+
+@app.command()
+def approve(
+    name: str,
+    plan: PlanOption = None,
+    reason: Annotated[str, typer.Option("--reason", help="why (kept in the audit trail)")] = "",
+) -> None:
+    """Approve an intent's current plan. Approving never changes the intent's git revision."""
+    with client() as api:
+        approval = api.decide(name, "approve", plan=plan, reason=reason)
+    out.print(f"deploymentintent/{name} plan {approval['digest'][:12]} approved", markup=False)
+
+
+@app.command()
+def reject(
+    name: str,
+    reason: Annotated[str, typer.Option("--reason", help="why (required; kept in the audit trail)")],
+    plan: PlanOption = None,
+) -> None:
+    """Reject an intent's current plan; it stays unapplied until its spec changes."""
+    with client() as api:
+        decision = api.decide(name, "reject", plan=plan, reason=reason)
+    out.print(f"deploymentintent/{name} plan {decision['digest'][:12]} rejected", markup=False)
+
+
+def parse_condition(spec: str) -> tuple[str, str]:
+    """``condition=Ready`` or ``condition=Ready=False`` → (type, wanted status)."""
+    kind, _, rest = spec.partition("=")
+    condition_type, _, wanted = rest.partition("=")
+    if kind != "condition" or not condition_type:
+        raise fail(f"--for {spec!r}: use --for=condition=TYPE[=STATUS], e.g. --for=condition=Ready")
+    return condition_type, wanted or "True"
+
+
+def parse_seconds(text: str) -> float:
+    from chiffon.resources import parse_duration
+
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise fail(f"--timeout: {exc}") from None
+
+
+@app.command()
+def wait(
+    resource: Annotated[str, typer.Argument(help="intent/NAME (or just NAME)")],
+    for_: Annotated[str, typer.Option("--for", help="condition=TYPE[=STATUS]")] = "condition=Ready",
+    timeout: Annotated[str, typer.Option("--timeout", help="give up after this long, e.g. 30s, 5m")] = "5m",
+) -> None:
+    """Wait until a condition holds; fail fast if the intent is Stalled. Exit 0 met, 1 stalled/timeout."""
+    import time
+
+    name = resource.split("/", 1)[1] if "/" in resource else resource
+    condition_type, wanted = parse_condition(for_)
+    deadline = time.monotonic() + parse_seconds(timeout)
+    with client() as api:
+        while True:
+            item = api.get_intent(name)
+            if item is None:
+                raise fail(f"deploymentintent/{name} not found", Exit.INVALID)
+            found = condition(item, condition_type)
+            if found.get("status") == wanted and found.get("observedGeneration") == item["metadata"].get(
+                "generation"
+            ):
+                out.print(f"deploymentintent/{name} condition met: {condition_type}={wanted}", markup=False)
+                return
+            stalled = condition(item, "Stalled")
+            if stalled.get("status") == "True":
+                raise fail(f"deploymentintent/{name} is stalled: {stalled.get('message')}", Exit.INVALID)
+            if time.monotonic() >= deadline:
+                blocked = (item.get("status") or {}).get("blockedBy") or found.get("message") or "no progress"
+                raise fail(f"timed out waiting for {condition_type}={wanted}: {blocked}", Exit.INVALID)
+            time.sleep(0.5)
+
+
+@get_app.command("runs")
+def get_runs(
+    intent: Annotated[str | None, typer.Option("--intent", help="only this intent's runs")] = None,
+    output: Annotated[Output, typer.Option("--output", "-o", help="table, yaml or json")] = Output.TABLE,
+    limit: Annotated[int, typer.Option("--limit", help="newest N runs")] = 50,
+) -> None:
+    """List runs, newest first."""
+    with client() as api:
+        items = api.list_runs(intent, limit)
+    if output in (Output.JSON, Output.YAML):
+        data = {"apiVersion": "v1", "kind": "List", "items": items}
+        sys.stdout.write(json.dumps(data, indent=2) + "\n" if output is Output.JSON else dump_yaml(data))
+        return
+    if not items:
+        err.print("No runs found.")
+        return
+    rows = [
+        [
+            run["id"],
+            run["intent"],
+            run["step"],
+            str(run.get("attempt", 1)),
+            run["status"],
+            run.get("agentId") or "-",
+            "-" if run.get("rc") is None else str(run["rc"]),
+            age(run.get("createdAt")),
+        ]
+        for run in items
+    ]
+    print_table(["RUN", "INTENT", "STEP", "TRY", "STATUS", "AGENT", "RC", "AGE"], rows)
+
+
+get_app.command("run", hidden=True)(get_runs)
 
 
 @app.command()

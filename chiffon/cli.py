@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -25,8 +26,12 @@ from pydantic import ValidationError
 
 from chiffon.api.app import create_app
 from chiffon.api.context import ServerContext
+from chiffon.bus import Bus, BusError, open_bus
+from chiffon.controllers.controller import Controller
 from chiffon.controllers.intents_writer import IntentsWriter
+from chiffon.controllers.leader import LeaderElector
 from chiffon.controllers.manager import Manager, NamedLoop
+from chiffon.controllers.planner import Planner
 from chiffon.controllers.source import GitSource, SourceConfig
 from chiffon.gitrepo import GitError, GitRepo, is_remote_url
 from chiffon.settings import Settings
@@ -171,19 +176,34 @@ async def _run_until_signal(loops: list[NamedLoop]) -> None:
     await Manager(loops).run(stop)
 
 
+def controller_loop(settings: Settings, store: Store, bus: Bus, source: GitSource, infra: Path) -> NamedLoop:
+    """The controller, behind leader election: only the leader reconciles and dispatches."""
+    controller = Controller(store, bus, source, Planner(infra))
+    elector = LeaderElector(store, holder=f"{socket.gethostname()}:{os.getpid()}")
+    return NamedLoop("controller", lambda stop: elector.run(stop, controller.lead))
+
+
+async def open_message_bus(settings: Settings) -> Bus:
+    bus = open_bus(settings.broker_url)
+    await bus.connect()
+    return bus
+
+
 async def run_up(settings: Settings) -> None:
     check_listen_address(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     infra = await prepare_infra_repo(settings)
     await prepare_git_repos(settings)
     store = await open_store(settings)
+    bus = await open_message_bus(settings)
     try:
         source = await open_source(settings, store)
         await source.sync()
         context = ServerContext(settings, store, source, IntentsWriter(source))
         _banner(settings, infra)
-        await _serve(settings, context, [NamedLoop("git-source", source.run)])
+        await _serve(settings, context, [controller_loop(settings, store, bus, source, infra)])
     finally:
+        await bus.close()
         await store.close()
 
 
@@ -200,10 +220,13 @@ async def run_api(settings: Settings) -> None:
 
 async def run_controller(settings: Settings) -> None:
     store = await open_store(settings)
+    bus = await open_message_bus(settings)
     try:
         source = await open_source(settings, store)
-        await _run_until_signal([NamedLoop("git-source", source.run)])
+        infra = settings.resolved_infra_repo
+        await _run_until_signal([controller_loop(settings, store, bus, source, infra)])
     finally:
+        await bus.close()
         await store.close()
 
 
@@ -264,7 +287,7 @@ def _reported() -> Iterator[None]:
     """Turn the errors a person can fix into one line and exit status 2."""
     try:
         yield
-    except (StartupError, StoreError, GitError) as exc:
+    except (StartupError, StoreError, GitError, BusError) as exc:
         typer.echo(f"chiffon: error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:

@@ -60,3 +60,14 @@ class Manager:
                     await asyncio.wait_for(stop.wait(), delay)
                 except TimeoutError:
                     continue
+
+
+async def sleep_until(seconds: float, *events: asyncio.Event) -> None:
+    """Sleep ``seconds`` or until any of ``events`` is set, whichever comes first."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

@@ -32,11 +32,11 @@ class ReconcileError(Exception):
         self.message = message
 
 
-class Stalled(ReconcileError):
+class Stalled(ReconcileError):  # noqa: N818 - the names STYLE.md and Flux use
     """A person must act; no automatic retry."""
 
 
-class Waiting(ReconcileError):
+class Waiting(ReconcileError):  # noqa: N818 - the names STYLE.md and Flux use
     """A gate is closed; look again after ``requeue_after`` seconds."""
 
     def __init__(self, reason: str, message: str, requeue_after: float) -> None:

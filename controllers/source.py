@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from chiffon.controllers.manager import sleep_until
 from chiffon.gitrepo import GitError, GitRepo, TreeEntry, is_remote_url, watch_changes
 from chiffon.resources import AuditEvent, DeploymentIntent, FileError, Outcome, SourceStatus
 from chiffon.resources.yamlio import ParseResult, ResourceError, parse_intents
@@ -165,7 +166,7 @@ class GitSource:
     ) -> None:
         self.config = config
         self.store = store
-        self._on_change = on_change
+        self._listeners: list[ChangeCallback] = [on_change] if on_change is not None else []
         self._clock = clock
         self._sync_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -209,8 +210,9 @@ class GitSource:
                 await self._save_status(None, [], error=message)
                 return SyncReport(revision=None)
             report = await self._converge(revision)
-        if report.changed and self._on_change is not None:
-            await self._on_change(report.changed)
+        if report.changed:
+            for listener in self._listeners:
+                await listener(report.changed)
         return report
 
     async def _converge(self, revision: str) -> SyncReport:
@@ -336,6 +338,10 @@ class GitSource:
             )
         )
 
+    def subscribe(self, listener: ChangeCallback) -> None:
+        """Call ``listener`` with the names of intents that changed after every sync."""
+        self._listeners.append(listener)
+
     # Watching ---------------------------------------------------------------------------
 
     def request_sync(self) -> None:
@@ -358,21 +364,12 @@ class GitSource:
                     delay = min(MAX_BACKOFF_SECONDS, 2.0**failures, interval)
                     log.warning("sync of %s failed (retrying in %.0fs): %s", self.config.name, delay, exc)
                     await self._record_failure(exc)
-                await self._sleep_until_woken(stop, delay)
+                await sleep_until(delay, stop, self._wake)
+                self._wake.clear()
         finally:
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
-
-    async def _sleep_until_woken(self, stop: asyncio.Event, delay: float) -> None:
-        stopped = asyncio.ensure_future(stop.wait())
-        woken = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({stopped, woken}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            woken.cancel()
-            self._wake.clear()
 
     async def _watch_local(self, stop: asyncio.Event) -> None:
         async for _ in watch_changes(self.repo.path, stop):

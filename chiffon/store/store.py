@@ -34,10 +34,11 @@ from chiffon.resources import (
     SourceStatus,
 )
 from chiffon.resources.messages import AnsibleEvent
-from chiffon.store import convert, intents
+from chiffon.store import convert, intents, leader
 from chiffon.store.coltypes import NaiveDatetimeError
 from chiffon.store.engine import WRITE, make_engine, normalise_url
 from chiffon.store.errors import describe_url, is_connection_failure, store_error
+from chiffon.store.leader import LeaderLease, LeaderRecord
 from chiffon.store.migrate import current_revision, in_process_lock, schema_diff, upgrade_to_head
 from chiffon.store.queries import audit_select, runs_select
 from chiffon.store.records import (
@@ -54,6 +55,7 @@ from chiffon.store.tables import (
     AgentRow,
     ApprovalRow,
     AuditEventRow,
+    LeaderLeaseRow,
     LlmUsageRow,
     OutboxRow,
     ResourceRow,
@@ -80,6 +82,8 @@ class Store:
         self._url = url
         self._schema = schema
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # Lock connections for leader election, made on first use (PostgreSQL only).
+        self._leader_engine: AsyncEngine | None = None
 
     @classmethod
     def from_url(cls, url: str, *, schema: str | None = None, echo: bool = False) -> Store:
@@ -133,6 +137,9 @@ class Store:
             raise store_error(exc, self._url) from exc
 
     async def close(self) -> None:
+        if self._leader_engine is not None:
+            # A lease still held keeps its connection: NullPool never owned it.
+            await self._leader_engine.dispose()
         await self._engine.dispose()
 
     # -- transactions ------------------------------------------------------------------------
@@ -316,6 +323,17 @@ class Store:
         async with self._read() as session:
             rows = (await session.scalars(statement)).all()
         return [convert.model_from_row(Approval, row) for row in rows]
+
+    async def approvals_after(self, after_id: int, *, limit: int = 1000) -> list[tuple[int, str]]:
+        """(id, intent) of approvals recorded after ``after_id``: how controllers notice new decisions."""
+        statement = (
+            select(ApprovalRow.id, ApprovalRow.intent)
+            .where(ApprovalRow.id > after_id)
+            .order_by(ApprovalRow.id)
+            .limit(limit)
+        )
+        async with self._read() as session:
+            return [(row_id, intent) for row_id, intent in (await session.execute(statement)).all()]
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -571,6 +589,33 @@ class Store:
         async with self._write() as session:
             result = await session.execute(statement, execution_options={"synchronize_session": False})
             return result.scalar_one_or_none() is not None
+
+    # -- leader election ---------------------------------------------------------------------
+
+    async def acquire_leadership(self, name: str, holder: str) -> LeaderLease | None:
+        """Try once to lead election ``name``; None while another process leads it.
+
+        PostgreSQL: a session advisory lock on a dedicated connection that the
+        returned lease keeps open; SQLite: always granted. Either way the
+        election's epoch goes up by one (see :mod:`chiffon.store.leader`).
+        """
+        async with self._connection_errors():
+            if self.dialect == "postgresql":
+                return await leader.acquire_on_postgres(self._lock_engine(), name, holder, self._schema)
+            async with self._write() as session:
+                epoch = await leader.bump_epoch(await session.connection(), name, holder)
+            return leader.EmbeddedLease(name=name, holder=holder, epoch=epoch, backend_pid=None)
+
+    async def current_leader(self, name: str) -> LeaderRecord | None:
+        """The latest term of election ``name`` as recorded (it may have ended since)."""
+        async with self._read() as session:
+            row = await session.get(LeaderLeaseRow, name)
+        return leader.record_from_row(row) if row is not None else None
+
+    def _lock_engine(self) -> AsyncEngine:
+        if self._leader_engine is None:
+            self._leader_engine = leader.leader_engine(self._url, self._schema)
+        return self._leader_engine
 
     # -- housekeeping ------------------------------------------------------------------------
 

@@ -1,0 +1,147 @@
+"""The controller: while it holds leadership, it runs every loop that changes the world.
+
+Only the leader syncs git, reconciles, relays the outbox and consumes agent
+reports; a standby replica waits in the leader election. Everything the
+leader does is keyed by intent name and level-based, so a new leader starts
+by enqueueing every intent and converges from whatever state it finds.
+
+Events that open a gate enqueue the keys they concern:
+
+* a git sync → the intents that changed;
+* an approval recorded (by any API process) → that intent;
+* a run accepted or finished → its intent;
+* an agent appearing or reporting more room → the intents waiting for capacity
+  (coalesced to at most once per ``CAPACITY_COALESCE_SECONDS``);
+* an intent becoming Ready → the intents that depend on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from chiffon.bus import HEARTBEATS_QUEUE, RESULTS_QUEUE, Bus, Subscription
+from chiffon.controllers.consumers import HeartbeatConsumer, ResultConsumer
+from chiffon.controllers.intent_reconciler import IntentReconciler, intent_key, name_of
+from chiffon.controllers.manager import sleep_until
+from chiffon.controllers.outbox import OutboxRelay
+from chiffon.controllers.planner import Planner
+from chiffon.controllers.reconcile import Result
+from chiffon.controllers.source import GitSource
+from chiffon.controllers.workqueue import WorkQueue
+from chiffon.resources import ConditionType, is_condition_true
+from chiffon.store import Store
+
+log = logging.getLogger(__name__)
+
+APPROVAL_POLL_SECONDS = 1.0
+CAPACITY_COALESCE_SECONDS = 1.0
+
+
+class Controller:
+    def __init__(
+        self, store: Store, bus: Bus, source: GitSource, planner: Planner, *, max_concurrency: int = 8
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.source = source
+        self.epoch = 0
+        self.queue = WorkQueue(max_concurrency=max_concurrency)
+        self.relay = OutboxRelay(store, bus)
+        self.reconciler = IntentReconciler(
+            store, planner, epoch=lambda: self.epoch, on_dispatch=self.relay.wake
+        )
+        self.results = ResultConsumer(store, enqueue=self.enqueue)
+        self.heartbeats = HeartbeatConsumer(store, on_capacity=self._capacity_appeared)
+        self._capacity_event = asyncio.Event()
+        self._ready: set[str] = set()
+        source.subscribe(self._source_changed)
+
+    def enqueue(self, name: str) -> None:
+        self.queue.add(intent_key(name))
+
+    async def _source_changed(self, names: Sequence[str]) -> None:
+        for name in names:
+            self.enqueue(name)
+
+    def _capacity_appeared(self) -> None:
+        self._capacity_event.set()
+
+    async def reconcile(self, key: str) -> Result:
+        try:
+            return await self.reconciler.reconcile(key)
+        finally:
+            await self._wake_dependents(name_of(key))
+
+    async def _wake_dependents(self, name: str) -> None:
+        """When an intent turns Ready, the intents that depend on it may proceed."""
+        intent = await self.store.get_intent(name)
+        ready = intent is not None and is_condition_true(
+            intent.status.conditions if intent.status else [], ConditionType.READY
+        )
+        if ready and name not in self._ready:
+            for other in await self.store.list_intents():
+                if name in other.spec.depends_on:
+                    self.enqueue(other.metadata.name)
+        if ready:
+            self._ready.add(name)
+        else:
+            self._ready.discard(name)
+
+    # Leading ------------------------------------------------------------------------------
+
+    async def lead(self, epoch: int, lost: asyncio.Event) -> None:
+        """Run everything until leadership is lost (or the process stops)."""
+        self.epoch = epoch
+        log.info("leading with epoch %d", epoch)
+        for queue in (RESULTS_QUEUE, HEARTBEATS_QUEUE):
+            await self.bus.declare(queue)
+        subscriptions: list[Subscription] = [
+            await self.bus.consume(RESULTS_QUEUE, self.results.handle),
+            await self.bus.consume(HEARTBEATS_QUEUE, self.heartbeats.handle),
+        ]
+        await self.source.sync()
+        for intent in await self.store.list_intents():
+            self.enqueue(intent.metadata.name)
+        loops = [
+            self.queue.run(self.reconcile, lost),
+            self.relay.run(lost),
+            self.source.run(lost),
+            self._watch_approvals(lost),
+            self._wake_capacity_waiters(lost),
+        ]
+        tasks = [asyncio.create_task(loop) for loop in loops]
+        try:
+            await lost.wait()
+        finally:
+            for subscription in subscriptions:
+                await subscription.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            log.info("stopped leading (epoch %d)", epoch)
+
+    async def _watch_approvals(self, stop: asyncio.Event) -> None:
+        """Approvals may be recorded by an API in another process; poll the (indexed) table."""
+        # Start after the newest existing approval: every intent was enqueued on taking the lead.
+        seen = 0
+        while batch := await self.store.approvals_after(seen):
+            seen = batch[-1][0]
+        while not stop.is_set():
+            await sleep_until(APPROVAL_POLL_SECONDS, stop)
+            try:
+                for row_id, intent in await self.store.approvals_after(seen):
+                    seen = row_id
+                    self.enqueue(intent)
+            except Exception:  # a database hiccup must not end approval watching
+                log.warning("could not read new approvals; retrying", exc_info=True)
+
+    async def _wake_capacity_waiters(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await sleep_until(3600, stop, self._capacity_event)
+            if self._capacity_event.is_set():
+                self._capacity_event.clear()
+                for key in sorted(self.reconciler.waiting_for_capacity):
+                    self.queue.add(key)
+                await sleep_until(CAPACITY_COALESCE_SECONDS, stop)
