@@ -126,3 +126,57 @@ async def test_dry_run_commits_nothing(api, intents_repo) -> None:
     response = await api.post("/api/v1/intents/apply", json=body)
     assert response.json()["intents"][0]["outcome"] == "valid"
     assert await intents_repo.resolve("HEAD") == head
+
+
+async def planned(store, name: str, digest: str = "a" * 64) -> None:  # type: ignore[no-untyped-def]
+    """Give an applied intent a plan, as the reconciler would."""
+    from chiffon.resources import Plan, PlannedStep
+
+    intent = await store.get_intent(name)
+    status = intent.status.model_copy(
+        update={"plan": Plan(digest=digest, steps=[PlannedStep(name="deploy", content_hash="c" * 64)])}
+    )
+    assert await store.write_intent_status(name, status)
+
+
+async def test_approve_binds_to_the_current_plan_digest(api, store, intents_repo) -> None:
+    await api.post("/api/v1/intents/apply", json=apply_body(kuma=intent_yaml("kuma")))
+    assert (await api.post("/api/v1/intents/kuma/approve", json={})).status_code == 409  # no plan yet
+    await planned(store, "kuma", "a" * 64)
+    head = await intents_repo.resolve("HEAD")
+    stale = await api.post("/api/v1/intents/kuma/approve", json={"plan": "b" * 12})
+    assert stale.status_code == 409 and "is stale" in stale.json()["detail"] and "aaaaaaaaaaaa" in stale.text
+    ok = await api.post("/api/v1/intents/kuma/approve", json={"plan": "a" * 12, "reason": "looks right"})
+    assert (
+        ok.status_code == 200 and ok.json()["digest"] == "a" * 64 and ok.json()["actor"].startswith("Alice")
+    )
+    [approval] = await store.list_approvals("kuma")
+    assert approval.decision.value == "Approved" and approval.reason == "looks right"
+    assert await intents_repo.resolve("HEAD") == head  # approving never touches git
+    actions = [
+        e["action"] for e in (await api.get("/api/v1/audit", params={"action": "approve"})).json()["items"]
+    ]
+    assert actions == ["approve"]
+
+
+async def test_reject_needs_a_reason_and_unknown_intents_are_404(api, store) -> None:
+    await api.post("/api/v1/intents/apply", json=apply_body(kuma=intent_yaml("kuma")))
+    await planned(store, "kuma")
+    assert (await api.post("/api/v1/intents/kuma/reject", json={})).status_code == 422
+    assert (await api.post("/api/v1/intents/kuma/reject", json={"reason": "not now"})).status_code == 200
+    assert (await api.post("/api/v1/intents/nope/approve", json={})).status_code == 404
+    bad = await api.post("/api/v1/intents/kuma/approve", json={"plan": "not-hex!"})
+    assert bad.status_code == 422
+
+
+async def test_runs_endpoints(api, store) -> None:
+    from chiffon.resources import Run
+
+    await store.upsert_run(
+        Run(id="kuma-0123", intent="kuma", generation=1, plan_digest="a" * 64, step="deploy", step_index=0)
+    )
+    listed = (await api.get("/api/v1/runs", params={"intent": "kuma"})).json()["items"]
+    assert [r["id"] for r in listed] == ["kuma-0123"]
+    assert (await api.get("/api/v1/runs/kuma-0123")).json()["status"] == "pending"
+    assert (await api.get("/api/v1/runs/nope")).status_code == 404
+    assert (await api.get("/api/v1/runs/kuma-0123/events")).json()["items"] == []
