@@ -38,6 +38,10 @@ timestamp could still be shared with the next write (git's "racy clean"
 problem), and re-reading a fresh file is cheap.
 """
 
+# Path walking uses os.path on str, not pathlib: re-planning an unchanged intent is mostly path
+# arithmetic, and pathlib's parsing cost five times the stat calls it wraps (see _Collector).
+# ruff: noqa: PTH110, PTH112, PTH113, PTH116, PTH118, PTH120
+
 from __future__ import annotations
 
 import asyncio
@@ -71,9 +75,11 @@ __all__ = [
     "assess_risk",
     "estimate_duration",
     "history_key",
+    "intent_digest",
     "inventory_groups",
     "limit_risk",
     "plan_digest",
+    "planned_steps",
     "read_facts",
     "risk_from_facts",
     "tasks_risk",
@@ -106,8 +112,8 @@ class PlanError(Exception):
     """The intent cannot be planned; ``reason`` is the ``Planned`` condition's reason.
 
     One of ``Reason.PLAYBOOK_NOT_FOUND``, ``Reason.INVALID_SPEC`` or
-    ``Reason.LINT_FAILED``: all need a person to change a repo, so the
-    reconciler reports them and does not retry until something changes.
+    ``Reason.LINT_FAILED``: each needs a person to change the intent or
+    homelab-infra; retrying the same inputs gives the same answer.
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -158,6 +164,40 @@ def plan_digest(
     }
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def planned_steps(intent: DeploymentIntent, content_hashes: Sequence[str]) -> list[PlannedStep]:
+    """The plan's steps: each spec step with the content hash of what it runs, its own vars and tags."""
+    return [
+        PlannedStep(
+            name=step.name,
+            playbook=step.playbook,
+            role=step.role,
+            content_hash=digest,
+            vars=step.vars,
+            tags=list(step.tags),
+            skip_tags=list(step.skip_tags),
+        )
+        for step, digest in zip(intent.spec.steps, content_hashes, strict=True)
+    ]
+
+
+def intent_digest(
+    intent: DeploymentIntent, content_hashes: Sequence[str], *, inventory: str | None, inventory_hash: str
+) -> str:
+    """:func:`plan_digest` of an intent whose steps hash to ``content_hashes``.
+
+    Only the spec's steps, vars and limit are read: labels, annotations, the
+    approval policy, priority, drift settings, resources and dependencies can
+    change without asking for a new approval.
+    """
+    return plan_digest(
+        planned_steps(intent, content_hashes),
+        shared_vars=intent.spec.vars,
+        inventory=inventory,
+        inventory_hash=inventory_hash,
+        limit=intent.spec.limit,
+    )
 
 
 def content_hash(files: Mapping[str, str]) -> str:
@@ -461,7 +501,9 @@ def tasks_risk(facts: Iterable[YamlFacts]) -> Risk:
     for fact in facts:
         if fact.become or fact.modules & HIGH_RISK_MODULES:
             return Risk.HIGH
-        if fact.modules & MEDIUM_RISK_MODULES or any(m.startswith(_MEDIUM_RISK_PREFIXES) for m in fact.modules):
+        if fact.modules & MEDIUM_RISK_MODULES or any(
+            m.startswith(_MEDIUM_RISK_PREFIXES) for m in fact.modules
+        ):
             risk = Risk.MEDIUM
     return risk
 
@@ -569,8 +611,8 @@ class _FileHasher:
     def __init__(self) -> None:
         self._known: _BoundedCache[str, tuple[tuple[int, ...], str]] = _BoundedCache()
 
-    def sha256(self, path: Path, info: os.stat_result) -> str:
-        key = str(path)
+    def sha256(self, path: str, info: os.stat_result) -> str:
+        key = path
         signature = (info.st_mtime_ns, info.st_ctime_ns, info.st_size, info.st_ino, info.st_dev)
         known = self._known.get(key)
         if known is not None and known[0] == signature:
@@ -588,9 +630,9 @@ class _FileHasher:
 
 @dataclass(frozen=True)
 class _AnsibleConfig:
-    """What the planner needs from ``ansible.cfg``: where roles live, the default inventory."""
+    """What the planner needs from ``ansible.cfg``: where roles live (absolute), the default inventory."""
 
-    roles_dirs: tuple[Path, ...]
+    roles_dirs: tuple[str, ...]
     inventory: tuple[str, ...]
 
 
@@ -609,31 +651,43 @@ class _Collector:
     A reference that points outside the repo by its path (``/etc/x.yml``) is
     not repo content and is skipped; a path inside the repo that resolves
     outside (a symlink) is refused with ``InvalidSpec``.
+
+    Paths are absolute, normalised ``str`` here rather than ``Path``: this is
+    the warm path of every re-plan, and pathlib's parsing cost more than the
+    ``stat`` calls it wraps. Only explicit references and symlinks are
+    resolved with ``realpath``; the plain files and folders of a walked tree
+    cannot lead out of a folder that was already checked.
     """
 
-    def __init__(self, planner: Planner, where: str) -> None:
-        self.root = planner.root
+    def __init__(self, planner: Planner, where: str, realpaths: dict[str, str]) -> None:
+        self.root = str(planner.root)
         self.config = planner._config()
         self.where = where
         self.out = _Collected()
         self._planner = planner
+        self._prefix = self.root.rstrip(os.sep) + os.sep
         self._visited: set[str] = set()
-        self._roles: set[Path] = set()
+        self._roles: set[str] = set()
+        # Shared by the collectors of one plan: steps pull in the same roles and folders.
+        self._realpaths = realpaths
 
     # -- paths --------------------------------------------------------------------------------
 
-    def relative(self, path: Path) -> str | None:
-        """The repo-relative POSIX path, or None when ``path`` is outside the repo by its name."""
-        normal = Path(os.path.normpath(path))
-        if not normal.is_relative_to(self.root):
+    def relative(self, path: str) -> str | None:
+        """The repo-relative POSIX path of a normalised path, or None when it is outside the repo."""
+        if path == self.root:
+            return "."
+        if not path.startswith(self._prefix):
             return None
-        return normal.relative_to(self.root).as_posix() or "."
+        return path[len(self._prefix) :].replace(os.sep, "/")
 
-    def checked(self, path: Path) -> Path:
+    def checked(self, path: str) -> str:
         """The real path of a path inside the repo; InvalidSpec when a symlink leads out."""
-        real = Path(os.path.realpath(path))
-        if not real.is_relative_to(self.root):
-            shown = self.relative(path) or str(path)
+        real = self._realpaths.get(path)
+        if real is None:
+            real = self._realpaths[path] = os.path.realpath(path)
+        if real != self.root and not real.startswith(self._prefix):
+            shown = self.relative(path) or path
             raise PlanError(
                 Reason.INVALID_SPEC,
                 f"{self.where}: {shown} resolves outside homelab-infra (to {real}); "
@@ -641,72 +695,76 @@ class _Collector:
             )
         return real
 
-    def resolve_ref(self, ref: str, bases: Sequence[Path]) -> Path | None:
+    def resolve_ref(self, ref: str, bases: Sequence[str]) -> str | None:
         """Where a reference written in a YAML file lies in the repo, or None (templated, absent, outside)."""
         if not ref or _is_templated(ref):
             return None
         for base in bases:
-            candidate = Path(os.path.normpath(base / ref))
+            candidate = os.path.normpath(os.path.join(base, ref))
             if self.relative(candidate) is not None and os.path.lexists(candidate):
                 return candidate
         return None
 
+    def shown(self, paths: Iterable[str]) -> str:
+        return ", ".join(dict.fromkeys(self.relative(path) or path for path in paths))
+
     # -- files --------------------------------------------------------------------------------
 
-    def add_file(self, path: Path) -> str | None:
-        """Hash one file into the step; None for non-regular files, which never run."""
+    def add_file(self, path: str, info: os.stat_result | None = None) -> None:
+        """Hash one file into the step. ``info`` comes from a tree walk that already vouched for it."""
         relative = self.relative(path)
-        if relative is None:
-            return None
-        real = self.checked(path)
-        try:
-            info = os.stat(real)
-        except FileNotFoundError:
-            return None  # a dangling symlink inside the repo: nothing to run
+        if relative is None or relative in self.out.files:
+            return
+        real = path
+        if info is None:
+            real = self.checked(path)
+            try:
+                info = os.stat(real)
+            except FileNotFoundError:
+                return  # a dangling symlink inside the repo: nothing to run
         if not stat.S_ISREG(info.st_mode):
-            return None  # fifos, sockets, devices: never Ansible content, and reading a fifo blocks
-        if relative not in self.out.files:
-            if len(self.out.files) >= MAX_FILES_PER_STEP:
-                raise PlanError(
-                    Reason.INVALID_SPEC, f"{self.where} pulls in more than {MAX_FILES_PER_STEP} files"
-                )
-            self.out.files[relative] = self._planner._hasher.sha256(real, info)
-        return self.out.files[relative]
+            return  # fifos, sockets, devices: never Ansible content, and reading a fifo blocks
+        if len(self.out.files) >= MAX_FILES_PER_STEP:
+            raise PlanError(
+                Reason.INVALID_SPEC, f"{self.where} pulls in more than {MAX_FILES_PER_STEP} files"
+            )
+        self.out.files[relative] = self._planner._hasher.sha256(real, info)
 
-    def add_tree(self, top: Path) -> None:
-        """Every regular file below ``top`` (symlinks inside the repo followed once each)."""
+    def add_tree(self, top: str) -> None:
+        """Every regular file below ``top``; symlinks inside the repo are followed, each folder once."""
         if self.relative(top) is None or not os.path.lexists(top):
             return
-        if not self.checked(top).is_dir():
+        if not os.path.isdir(self.checked(top)):
             self.add_file(top)
             return
         seen: set[tuple[int, int]] = set()
         stack = [top]
         while stack:
             directory = stack.pop()
-            info = os.stat(self.checked(directory))
+            info = os.stat(directory)
             if (info.st_dev, info.st_ino) in seen:
                 continue  # a symlink back to a folder already walked
             seen.add((info.st_dev, info.st_ino))
-            for entry in sorted(os.scandir(directory), key=lambda item: item.name, reverse=True):
+            with os.scandir(directory) as entries:
+                ordered = sorted(entries, key=lambda item: item.name, reverse=True)
+            for entry in ordered:
                 self._add_entry(entry, stack)
 
-    def _add_entry(self, entry: os.DirEntry[str], stack: list[Path]) -> None:
-        path = Path(entry.path)
+    def _add_entry(self, entry: os.DirEntry[str], stack: list[str]) -> None:
         if entry.is_symlink():
-            real = self.checked(path)
-            if real.is_dir():
+            real = self.checked(entry.path)
+            if os.path.isdir(real):
                 if entry.name not in SKIP_DIRS:
-                    stack.append(path)
-            elif real.is_file():
-                self.add_file(path)
+                    stack.append(entry.path)
+            else:
+                self.add_file(entry.path)
         elif entry.is_dir(follow_symlinks=False):
             if entry.name not in SKIP_DIRS:
-                stack.append(path)
+                stack.append(entry.path)
         elif entry.is_file(follow_symlinks=False):
-            self.add_file(path)
+            self.add_file(entry.path, entry.stat(follow_symlinks=False))
 
-    def read_yaml(self, path: Path, reader: Callable[[bytes, str], Any]) -> Any:
+    def read_yaml(self, path: str, reader: Callable[[bytes, str], Any]) -> Any:
         """What ``reader`` makes of a YAML file already hashed; cached by content, errors recorded."""
         relative = self.relative(path)
         sha = self.out.files.get(relative) if relative else None
@@ -715,7 +773,7 @@ class _Collector:
         key = (reader.__name__, sha)
         cached = self._planner._facts.get(key)
         if cached is None:
-            cached = _read_cached(self.checked(path), relative, reader)
+            cached = _read_cached(Path(self.checked(path)), relative, reader)
             self._planner._facts.put(key, cached)
         if isinstance(cached, _Unreadable):
             self.out.unreadable.append(cached.message)
@@ -724,19 +782,21 @@ class _Collector:
 
     # -- what playbooks pull in ----------------------------------------------------------------
 
-    def playbook(self, path: Path) -> None:
+    def playbook(self, path: str) -> None:
         relative = self.relative(path)
         if relative is None or relative in self._visited:
             return
         self._visited.add(relative)
         self.add_file(path)
+        folder = os.path.dirname(path)
+        # Ansible loads group_vars/ and host_vars/ beside the playbook as well as beside the inventory.
         for vars_dir in ("group_vars", "host_vars"):
-            self.add_tree(path.parent / vars_dir)
+            self.add_tree(os.path.join(folder, vars_dir))
         facts = self.read_yaml(path, read_facts)
         if isinstance(facts, YamlFacts):
-            self.follow(facts, [path.parent], playbook_dir=path.parent, source=relative)
+            self.follow(facts, [folder], playbook_dir=folder, source=relative)
 
-    def tasks_file(self, path: Path, playbook_dir: Path) -> None:
+    def tasks_file(self, path: str, playbook_dir: str) -> None:
         relative = self.relative(path)
         if relative is None or relative in self._visited:
             return
@@ -744,10 +804,17 @@ class _Collector:
         self.add_file(path)
         facts = self.read_yaml(path, read_facts)
         if isinstance(facts, YamlFacts):
-            self.follow(facts, [path.parent, playbook_dir], playbook_dir=playbook_dir, source=relative)
+            bases = [os.path.dirname(path), playbook_dir]
+            self.follow(facts, bases, playbook_dir=playbook_dir, source=relative)
 
-    def follow(self, facts: YamlFacts, bases: Sequence[Path], *, playbook_dir: Path, source: str) -> None:
-        """Pull in everything one file references; ``bases`` are where relative paths are tried."""
+    def follow(
+        self, facts: YamlFacts, bases: Sequence[str], *, playbook_dir: str, source: str, in_role: bool = False
+    ) -> None:
+        """Pull in everything one file references; ``bases`` are where relative paths are tried.
+
+        Template and copy sources of a role's tasks live in the role's own
+        ``templates/`` and ``files/``, which are hashed whole already.
+        """
         self.out.facts.append(facts)
         for ref in facts.playbooks:
             found = self.resolve_ref(ref, bases[:1])
@@ -763,7 +830,9 @@ class _Collector:
             found = self.resolve_ref(ref, bases)
             if found is not None:
                 self.add_file(found)
-        source_dirs = [d for base in bases for d in (base / "templates", base / "files", base)]
+        if in_role:
+            return
+        source_dirs = [os.path.join(base, sub) for base in bases for sub in ("templates", "files", "")]
         for ref in facts.sources:
             found = self.resolve_ref(ref, source_dirs)
             if found is not None:
@@ -771,56 +840,91 @@ class _Collector:
 
     # -- roles --------------------------------------------------------------------------------
 
-    def role_reference(self, name: str, playbook_dir: Path, *, source: str, extra: Sequence[Path] = ()) -> None:
+    def find_role(self, name: str, search: Sequence[str], *, require_tasks: bool = False) -> str | None:
+        """A role's folder: a path, a collection's role (``ns.coll.role``) or a name on the search path."""
+        if _is_fqcn(name):
+            candidates = [self.collection_role(name)]
+        elif "/" in name or name.startswith("."):
+            candidates = [os.path.normpath(os.path.join(base, name)) for base in (*search, self.root)]
+        else:
+            candidates = [os.path.join(base, name) for base in search]
+        for candidate in candidates:
+            if self.relative(candidate) is None or not os.path.lexists(candidate):
+                continue
+            if os.path.isdir(self.checked(candidate)) and (not require_tasks or _has_tasks(candidate)):
+                return candidate
+        return None
+
+    def collection_role(self, name: str) -> str:
+        namespace, collection, role = name.split(".", 2)
+        return os.path.join(
+            self.root, "collections", "ansible_collections", namespace, collection, "roles", role
+        )
+
+    def role_reference(self, name: str, playbook_dir: str, *, source: str, extra: Sequence[str] = ()) -> None:
         """A role a playbook or a role's meta names: found in the repo, or refused (unless installed)."""
         if _is_templated(name):
             return  # chosen at run time; the syntax check sees what Ansible can
-        found = self._planner._find_role(name, [*extra, *self._search_dirs(playbook_dir)], self)
+        found = self.find_role(name, [*extra, *self.search_dirs(playbook_dir)])
         if found is not None:
             self.role(found, playbook_dir)
             return
         if _is_fqcn(name):
             return  # a role of an installed collection: versioned with the collection, not the repo
-        searched = [playbook_dir / "roles", *self.config.roles_dirs]
+        searched = [os.path.join(playbook_dir, "roles"), *self.config.roles_dirs]
         raise PlanError(
             Reason.PLAYBOOK_NOT_FOUND,
             f"{self.where}: {source} uses role {name!r}, which is not in homelab-infra "
-            f"(looked in {self._shown(searched)}){self._planner._role_suggestion(name, searched)}",
+            f"(looked in {self.shown(searched)}){_role_suggestion(name, searched)}",
         )
 
-    def role(self, role_dir: Path, playbook_dir: Path) -> None:
+    def role(self, role_dir: str, playbook_dir: str) -> None:
+        """All of a role's files, the roles its tasks include, and its meta dependencies."""
         real = self.checked(role_dir)
         if real in self._roles:
             return
         self._roles.add(real)
         self.add_tree(role_dir)
         for section in ("tasks", "handlers"):
-            for path in self._yaml_files(role_dir / section):
+            section_dir = os.path.join(role_dir, section)
+            for path in self._yaml_files(section_dir):
                 relative = self.relative(path) or ""
                 if relative in self._visited:
                     continue
                 self._visited.add(relative)
                 facts = self.read_yaml(path, read_facts)
                 if isinstance(facts, YamlFacts):
-                    bases = [path.parent, role_dir / section]
-                    self.follow(facts, bases, playbook_dir=playbook_dir, source=relative)
-        for meta in (role_dir / "meta" / "main.yml", role_dir / "meta" / "main.yaml"):
-            names = self.read_yaml(meta, role_dependencies)
-            for name in names or ():
-                source = self.relative(meta) or ""
-                self.role_reference(name, playbook_dir, source=source, extra=[role_dir.parent])
+                    bases = [os.path.dirname(path), section_dir]
+                    self.follow(facts, bases, playbook_dir=playbook_dir, source=relative, in_role=True)
+        for meta in ("main.yml", "main.yaml"):
+            path = os.path.join(role_dir, "meta", meta)
+            for name in self.read_yaml(path, role_dependencies) or ():
+                extra = [os.path.dirname(role_dir)]  # dependencies are looked up beside the role too
+                self.role_reference(name, playbook_dir, source=self.relative(path) or path, extra=extra)
 
-    def _yaml_files(self, directory: Path) -> list[Path]:
+    def _yaml_files(self, directory: str) -> list[str]:
         prefix = (self.relative(directory) or "") + "/"
-        found = [self.root / rel for rel in self.out.files if rel.startswith(prefix)]
-        return sorted(path for path in found if path.suffix in YAML_SUFFIXES)
+        found = [rel for rel in self.out.files if rel.startswith(prefix) and rel.endswith(YAML_SUFFIXES)]
+        return [os.path.join(self.root, rel) for rel in sorted(found)]
 
-    def _search_dirs(self, playbook_dir: Path) -> list[Path]:
+    def search_dirs(self, playbook_dir: str) -> list[str]:
         """Ansible's order: roles/ beside the playbook, the roles path, the playbook's own folder."""
-        return [playbook_dir / "roles", *self.config.roles_dirs, playbook_dir]
+        return [os.path.join(playbook_dir, "roles"), *self.config.roles_dirs, playbook_dir]
 
-    def _shown(self, paths: Iterable[Path]) -> str:
-        return ", ".join(dict.fromkeys(self.relative(path) or str(path) for path in paths))
+
+def _role_suggestion(name: str, search: Sequence[str]) -> str:
+    """ "; did you mean 'x'?" for the role folder whose name is closest to ``name``."""
+    names: set[str] = set()
+    for base in search:
+        if os.path.isdir(base):
+            with os.scandir(base) as entries:
+                names.update(entry.name for entry in entries if entry.is_dir())
+    close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _has_tasks(role_dir: str) -> bool:
+    return any(os.path.isfile(os.path.join(role_dir, "tasks", f"main{suffix}")) for suffix in YAML_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -831,7 +935,7 @@ class _Unreadable:
 def _read_cached(path: Path, relative: str, reader: Callable[[bytes, str], Any]) -> Any:
     """Run ``reader`` on a file; a file too big or not YAML we read becomes an _Unreadable."""
     try:
-        if os.stat(path).st_size > DEFAULT_LIMITS.max_bytes:
+        if path.stat().st_size > DEFAULT_LIMITS.max_bytes:
             return _Unreadable(f"{relative}: larger than {DEFAULT_LIMITS.max_bytes} bytes")
         return reader(path.read_bytes(), relative)
     except ResourceError as error:
@@ -852,7 +956,7 @@ class _StepContent:
     """One resolved step: what runs, its content hash, and how to syntax-check it."""
 
     step: Step
-    role_dir: Path | None
+    role_dir: str | None
     collected: _Collected
     hash: str
 
@@ -906,23 +1010,18 @@ class Planner:
         prepared = await asyncio.to_thread(self._prepare, intent)
         await self._lint(prepared)
         spec = intent.spec
-        steps = [_planned_step(content) for content in prepared.steps]
-        digest = plan_digest(
-            steps,
-            shared_vars=spec.vars,
-            inventory=prepared.inventory.label,
-            inventory_hash=prepared.inventory.hash,
-            limit=spec.limit,
-        )
+        hashes = [content.hash for content in prepared.steps]
+        inventory = prepared.inventory
+        digest = intent_digest(intent, hashes, inventory=inventory.label, inventory_hash=inventory.hash)
         facts = [fact for content in prepared.steps for fact in content.collected.facts]
         return Plan(
             digest=digest,
             revision=revision,
             infra_revision=infra_revision,
-            steps=steps,
+            steps=planned_steps(intent, hashes),
             inventory=spec.inventory,
             limit=spec.limit,
-            risk=risk_from_facts(spec.limit, facts, prepared.inventory.groups),
+            risk=risk_from_facts(spec.limit, facts, inventory.groups),
             estimated_duration_seconds=estimate_duration([history_key(s) for s in spec.steps], history),
             created_at=now,
         )
@@ -930,87 +1029,72 @@ class Planner:
     # -- resolving and hashing (runs in a worker thread) ----------------------------------------
 
     def _prepare(self, intent: DeploymentIntent) -> _Prepared:
-        inventory = self._inventory(intent.spec.inventory)
-        return _Prepared(steps=[self._step(step) for step in intent.spec.steps], inventory=inventory)
+        realpaths: dict[str, str] = {}
+        inventory = self._inventory(intent.spec.inventory, realpaths)
+        steps = [self._step(step, realpaths) for step in intent.spec.steps]
+        return _Prepared(steps=steps, inventory=inventory)
 
-    def _step(self, step: Step) -> _StepContent:
+    def _step(self, step: Step, realpaths: dict[str, str]) -> _StepContent:
         where = f"step {step.name}"
-        collector = _Collector(self, where)
+        collector = _Collector(self, where, realpaths)
         # ansible.cfg changes how every playbook runs (roles path, become defaults, callbacks).
-        collector.add_file(self.root / "ansible.cfg")
-        role_dir: Path | None = None
+        collector.add_file(os.path.join(collector.root, "ansible.cfg"))
+        role_dir: str | None = None
         if step.playbook:
             collector.playbook(self._step_playbook(step.playbook, collector))
         elif step.role:
             role_dir = self._step_role(step.role, collector)
-            collector.role(role_dir, self.root)
+            collector.role(role_dir, collector.root)
         else:
             raise PlanError(Reason.PLAYBOOK_NOT_FOUND, f"{where} {_NO_GOAL_MATCHING}")
         collected = collector.out
-        return _StepContent(step=step, role_dir=role_dir, collected=collected, hash=content_hash(collected.files))
+        return _StepContent(step, role_dir, collected, content_hash(collected.files))
 
-    def _step_playbook(self, playbook: str, collector: _Collector) -> Path:
-        path = Path(os.path.normpath(self.root / playbook))
+    def _step_playbook(self, playbook: str, collector: _Collector) -> str:
+        """The playbook's path: inside the repo, a regular file, not a symlink leading out."""
+        where = collector.where
+        path = os.path.normpath(os.path.join(collector.root, playbook))
         if collector.relative(path) is None:
-            raise PlanError(Reason.INVALID_SPEC, f"{collector.where}: playbook {playbook} escapes homelab-infra")
+            raise PlanError(Reason.INVALID_SPEC, f"{where}: playbook {playbook} escapes homelab-infra")
         # lexists first: a dangling symlink that points out of the repo is refused, not "missing".
         if not os.path.lexists(path) or not os.path.exists(collector.checked(path)):
-            raise PlanError(
-                Reason.PLAYBOOK_NOT_FOUND,
-                f"{collector.where}: playbook {playbook} does not exist in homelab-infra"
-                f"{self._file_suggestion(playbook)}",
-            )
-        if not stat.S_ISREG(os.stat(collector.checked(path)).st_mode):
-            raise PlanError(Reason.INVALID_SPEC, f"{collector.where}: playbook {playbook} is not a regular file")
+            suggestion = self._file_suggestion(playbook)
+            message = f"{where}: playbook {playbook} does not exist in homelab-infra{suggestion}"
+            raise PlanError(Reason.PLAYBOOK_NOT_FOUND, message)
+        if not os.path.isfile(collector.checked(path)):
+            raise PlanError(Reason.INVALID_SPEC, f"{where}: playbook {playbook} is not a regular file")
         return path
 
-    def _step_role(self, name: str, collector: _Collector) -> Path:
-        config = self._config()
-        found = self._find_role(name, list(config.roles_dirs), collector, require_tasks=True)
+    def _step_role(self, name: str, collector: _Collector) -> str:
+        """A role step's folder: on the roles path (or in a repo collection) with tasks/main.yml."""
+        roles_dirs = list(self._config().roles_dirs)
+        found = collector.find_role(name, roles_dirs, require_tasks=True)
         if found is not None:
             return found
-        searched = [self._collection_role(name)] if _is_fqcn(name) else list(config.roles_dirs)
+        searched = [collector.collection_role(name)] if _is_fqcn(name) else roles_dirs
         raise PlanError(
             Reason.PLAYBOOK_NOT_FOUND,
-            f"{collector.where}: role {name!r} is not in homelab-infra (looked in {collector._shown(searched)})"
-            f"{self._role_suggestion(name, list(config.roles_dirs))}",
+            f"{collector.where}: role {name!r} is not in homelab-infra "
+            f"(looked in {collector.shown(searched)} for a folder with tasks/main.yml)"
+            f"{_role_suggestion(name, roles_dirs)}",
         )
 
-    def _find_role(
-        self, name: str, search: Sequence[Path], collector: _Collector, *, require_tasks: bool = False
-    ) -> Path | None:
-        """A role's folder: a path, a collection's role (``ns.coll.role``) or a name on the search path."""
-        if _is_fqcn(name):
-            candidates = [self._collection_role(name)]
-        elif "/" in name or name.startswith("."):
-            candidates = [Path(os.path.normpath(base / name)) for base in search] + [self.root / name]
-        else:
-            candidates = [Path(os.path.normpath(base / name)) for base in search]
-        for candidate in candidates:
-            if collector.relative(candidate) is None or not os.path.lexists(candidate):
-                continue
-            if collector.checked(candidate).is_dir() and (not require_tasks or _has_tasks(candidate)):
-                return candidate
-        return None
-
-    def _collection_role(self, name: str) -> Path:
-        namespace, collection, role = name.split(".", 2)
-        return self.root / "collections" / "ansible_collections" / namespace / collection / "roles" / role
-
-    def _inventory(self, inventory: str | None) -> _InventoryContent:
-        collector = _Collector(self, "spec.inventory")
+    def _inventory(self, inventory: str | None, realpaths: dict[str, str]) -> _InventoryContent:
+        """The inventory's files (plus group_vars/host_vars beside a file), their hash and groups."""
+        collector = _Collector(self, "spec.inventory", realpaths)
         if inventory is not None:
-            path = Path(os.path.normpath(self.root / inventory))
+            path = os.path.normpath(os.path.join(collector.root, inventory))
             if collector.relative(path) is None or not os.path.lexists(path):
-                raise PlanError(
-                    Reason.INVALID_SPEC,
-                    f"spec.inventory: {inventory} does not exist in homelab-infra{self._file_suggestion(inventory)}",
-                )
+                suggestion = self._file_suggestion(inventory)
+                message = f"spec.inventory: {inventory} does not exist in homelab-infra{suggestion}"
+                raise PlanError(Reason.INVALID_SPEC, message)
             collector.checked(path)
             sources = [path]
         else:
             # No inventory in the spec: ansible.cfg's default is what the run will use.
-            sources = [Path(os.path.normpath(self.root / item)) for item in self._config().inventory]
+            sources = [
+                os.path.normpath(os.path.join(collector.root, item)) for item in self._config().inventory
+            ]
         inputs: list[str] = []
         for source in sources:
             if collector.relative(source) is None or not os.path.lexists(source):
@@ -1018,11 +1102,10 @@ class Planner:
             before = set(collector.out.files)
             collector.add_tree(source)
             inputs.extend(sorted(set(collector.out.files) - before))
-            if not collector.checked(source).is_dir():
+            if not os.path.isdir(collector.checked(source)):
                 for vars_dir in ("group_vars", "host_vars"):
-                    collector.add_tree(source.parent / vars_dir)
-        files = collector.out.files
-        digest = content_hash(files)
+                    collector.add_tree(os.path.join(os.path.dirname(source), vars_dir))
+        digest = content_hash(collector.out.files)
         label = inventory if inventory is not None else (",".join(self._config().inventory) or None)
         return _InventoryContent(label, inventory, digest, self._inventory_groups(digest, inputs))
 
@@ -1048,9 +1131,11 @@ class Planner:
     def _config(self) -> _AnsibleConfig:
         """``roles_path`` and ``inventory`` from ansible.cfg, re-read only when the file changes."""
         path = self.root / "ansible.cfg"
-        if not path.is_file():
+        try:
+            info = path.stat()
+        except FileNotFoundError:
             return _AnsibleConfig(self._default_roles_dirs(), ())
-        sha = self._hasher.sha256(path, os.stat(path))
+        sha = self._hasher.sha256(str(path), info)
         cached = self._configs.get(sha)
         if cached is None:
             cached = self._read_config(path)
@@ -1065,36 +1150,32 @@ class Planner:
             raise PlanError(Reason.INVALID_SPEC, f"ansible.cfg cannot be read: {error}") from None
         roles = parser.get("defaults", "roles_path", fallback="").strip()
         inventory = parser.get("defaults", "inventory", fallback="").strip()
-        roles_dirs = tuple(self._inside(item) for item in roles.split(os.pathsep) if item.strip())
+        # Roles folders outside the repo are not searched: what they hold could not be hashed.
+        roles_dirs = [self._inside(item) for item in roles.split(os.pathsep) if item.strip()]
         return _AnsibleConfig(
             roles_dirs=tuple(d for d in roles_dirs if d is not None) if roles else self._default_roles_dirs(),
             inventory=tuple(item.strip() for item in inventory.split(",") if item.strip()),
         )
 
-    def _inside(self, item: str) -> Path | None:
+    def _inside(self, item: str) -> str | None:
         """A path from ansible.cfg (relative to the repo) when it stays inside the repo."""
-        path = Path(os.path.normpath(self.root / os.path.expanduser(item.strip())))
-        return path if path.is_relative_to(self.root) else None
+        path = os.path.normpath(self.root / Path(item.strip()).expanduser())
+        return path if Path(path).is_relative_to(self.root) else None
 
-    def _default_roles_dirs(self) -> tuple[Path, ...]:
-        return tuple(self.root / folder for folder in DEFAULT_ROLES_DIRS)
+    def _default_roles_dirs(self) -> tuple[str, ...]:
+        return tuple(str(self.root / folder) for folder in DEFAULT_ROLES_DIRS)
 
     # -- suggestions ----------------------------------------------------------------------------
 
     def _file_suggestion(self, wanted: str) -> str:
         """ "; did you mean X?" for the repo file whose path or name is closest to ``wanted``."""
-        candidates = list(_repo_files(self.root, YAML_SUFFIXES + (".ini", ".cfg", "")))
+        candidates = list(_repo_files(self.root, (*YAML_SUFFIXES, ".ini", ".cfg", "")))
         close = difflib.get_close_matches(wanted, candidates, n=1, cutoff=0.6)
         if not close:
             by_name = {PurePosixPath(c).name: c for c in sorted(candidates, reverse=True)}
             names = difflib.get_close_matches(PurePosixPath(wanted).name, list(by_name), n=1, cutoff=0.6)
             close = [by_name[names[0]]] if names else []
         return f"; did you mean {close[0]}?" if close else ""
-
-    def _role_suggestion(self, name: str, search: Sequence[Path]) -> str:
-        names = sorted({path.name for base in search if base.is_dir() for path in base.iterdir() if path.is_dir()})
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-        return f"; did you mean {close[0]!r}?" if close else ""
 
     # -- syntax checks (async, cached by content) --------------------------------------------------
 
@@ -1116,7 +1197,9 @@ class Planner:
                     Reason.LINT_FAILED, f"step {content.step.name}: {content.collected.unreadable[0]}"
                 )
 
-    async def _check(self, content: _StepContent, inventory: _InventoryContent) -> ansible_cli.SyntaxCheckResult:
+    async def _check(
+        self, content: _StepContent, inventory: _InventoryContent
+    ) -> ansible_cli.SyntaxCheckResult:
         target = content.step.playbook or f"role:{content.step.role}"
         key = (target, content.hash, inventory.hash)
         cached = self._syntax.get(key)
@@ -1128,21 +1211,27 @@ class Planner:
             else:
                 assert content.step.playbook is not None
                 verdict = await ansible_cli.syntax_check(
-                    self.root, content.step.playbook, inventory=inventory.argument, timeout=SYNTAX_TIMEOUT_SECONDS
+                    self.root,
+                    content.step.playbook,
+                    inventory=inventory.argument,
+                    timeout=SYNTAX_TIMEOUT_SECONDS,
                 )
         self._syntax.put(key, verdict)
         return verdict
 
     async def _check_role(
-        self, role: str, role_dir: Path, inventory: _InventoryContent
+        self, role: str, role_dir: str, inventory: _InventoryContent
     ) -> ansible_cli.SyntaxCheckResult:
         """A role step runs through a wrapper playbook; write one outside the repo and check it."""
         with tempfile.TemporaryDirectory(prefix="chiffon-role-step-") as scratch:
             wrapper = Path(scratch) / "role-step.yml"
             # json.dumps quotes the name, so a role called "true" or "1e3" stays a string.
             wrapper.write_text(f"- hosts: all\n  gather_facts: false\n  roles: [{json.dumps(role)}]\n")
-            roles_path = [role_dir.parent, *self._config().roles_dirs] if not _is_fqcn(role) else []
-            collections = [self.root / "collections"] if _is_fqcn(role) else []
+            fqcn = _is_fqcn(role)
+            roles_path = (
+                [] if fqcn else [Path(p) for p in (os.path.dirname(role_dir), *self._config().roles_dirs)]
+            )
+            collections = [self.root / "collections"] if fqcn else []
             return await ansible_cli.syntax_check(
                 self.root,
                 wrapper,
@@ -1157,23 +1246,6 @@ class Planner:
         if loop_id not in self._limits:
             self._limits = {loop_id: asyncio.Semaphore(MAX_CONCURRENT_CHECKS)}
         return self._limits[loop_id]
-
-
-def _planned_step(content: _StepContent) -> PlannedStep:
-    step = content.step
-    return PlannedStep(
-        name=step.name,
-        playbook=step.playbook,
-        role=step.role,
-        content_hash=content.hash,
-        vars=step.vars,
-        tags=list(step.tags),
-        skip_tags=list(step.skip_tags),
-    )
-
-
-def _has_tasks(role_dir: Path) -> bool:
-    return any((role_dir / "tasks" / f"main{suffix}").is_file() for suffix in YAML_SUFFIXES)
 
 
 def _repo_files(root: Path, suffixes: Sequence[str], limit: int = 5_000) -> Iterator[str]:

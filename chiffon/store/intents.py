@@ -274,7 +274,7 @@ async def put_status(session: AsyncSession, uid: str, status: IntentStatus, now:
     """Insert or replace the status row of resource ``uid``."""
     values = {
         "status": status.model_dump(
-            mode="json", by_alias=True, exclude_none=True, exclude=SOURCE_FIELDS
+            mode="json", by_alias=True, exclude_none=True, exclude=set(SOURCE_FIELDS)
         ),
         "observed_generation": status.observed_generation,
         "updated_at": now,
