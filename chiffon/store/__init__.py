@@ -17,9 +17,13 @@ aiosqlite; the rest of Chiffon sees :class:`Store` and the resource models.
 * **Failures in words.** An unreachable database raises :class:`StoreError`
   naming host and port (or the SQLite path), never the password.
 * **Aware UTC datetimes** go in and come out, on both backends.
+* **One leader** among controller replicas: ``acquire_leadership`` hands out a
+  :class:`LeaderLease` backed by a PostgreSQL advisory lock, with an epoch that
+  grows at every new term (see :mod:`~chiffon.store.leader`).
 """
 
 from chiffon.store.errors import StoreError
+from chiffon.store.leader import LeaderLease, LeaderRecord
 from chiffon.store.records import (
     LlmUsage,
     OutboxMessage,
@@ -32,6 +36,8 @@ from chiffon.store.records import (
 from chiffon.store.store import Store
 
 __all__ = [
+    "LeaderLease",
+    "LeaderRecord",
     "LlmUsage",
     "OutboxMessage",
     "SourceRef",

@@ -237,3 +237,20 @@ class SourceRow(Base):
     name: Mapped[str] = mapped_column(String(ID), primary_key=True)
     status: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class LeaderLeaseRow(Base):
+    """Who leads a named election, and its fencing epoch (see :mod:`chiffon.store.leader`).
+
+    The advisory lock decides who leads; this row only records it. ``epoch``
+    goes up by one at every acquisition, so a term's writes can be told from
+    an earlier term's; ``renewed_at`` moves at each successful check.
+    """
+
+    __tablename__ = "leader_leases"
+
+    name: Mapped[str] = mapped_column(String(ID), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    holder: Mapped[str] = mapped_column(String(ID))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)

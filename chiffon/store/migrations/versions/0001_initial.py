@@ -1,4 +1,4 @@
-"""Initial schema: resources and their status, runs, events, agents, audit, outbox.
+"""Initial schema: resources and their status, runs, events, agents, audit, outbox, leader leases.
 
 Revision ID: 0001
 Revises:
@@ -33,11 +33,13 @@ def upgrade() -> None:
     _agents_and_sources()
     _audit_and_llm_usage()
     _outbox_approvals_and_suggestions()
+    _leader_leases()
 
 
 def downgrade() -> None:
     """Drop everything, children first."""
     for table in (
+        "leader_leases",
         "suggestions",
         "approvals",
         "outbox",
@@ -224,4 +226,16 @@ def _outbox_approvals_and_suggestions() -> None:
         sa.Column("updated_at", TIME, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_suggestions"),
         sa.UniqueConstraint("fingerprint", name="uq_suggestions_fingerprint"),
+    )
+
+
+def _leader_leases() -> None:
+    op.create_table(
+        "leader_leases",
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("epoch", sa.Integer(), nullable=False),
+        sa.Column("holder", sa.String(200), nullable=False),
+        sa.Column("acquired_at", TIME, nullable=False),
+        sa.Column("renewed_at", TIME, nullable=False),
+        sa.PrimaryKeyConstraint("name", name="pk_leader_leases"),
     )
