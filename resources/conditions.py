@@ -46,6 +46,8 @@ class Reason:
 
     # Before any reconciler has looked at the intent.
     AWAITING_RECONCILE = "AwaitingReconcile"
+    # A gate earlier in the pass holds the intent, so this one was not evaluated.
+    NOT_REACHED = "NotReached"
     # Planned
     PLAN_READY = "PlanReady"
     PLAYBOOK_NOT_FOUND = "PlaybookNotFound"
