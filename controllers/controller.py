@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 APPROVAL_POLL_SECONDS = 1.0
 CAPACITY_COALESCE_SECONDS = 1.0
+SHUTDOWN_GRACE_SECONDS = 20.0
 
 
 class Controller:
@@ -115,9 +116,12 @@ class Controller:
         try:
             await lost.wait()
         finally:
+            lost.set()  # also when cancelled from outside: every loop watches this event
             for subscription in subscriptions:
                 await subscription.cancel()
-            for task in tasks:
+            # Loops end by themselves once `lost` is set; in-flight reconciles get to finish.
+            _, unfinished = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in unfinished:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             log.info("stopped leading (epoch %d)", epoch)
