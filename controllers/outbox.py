@@ -30,6 +30,7 @@ class OutboxRelay:
         self.bus = bus
         self.poll_interval = poll_interval
         self._wake = asyncio.Event()
+        self._declared: set[str] = set()
 
     def wake(self) -> None:
         """Called right after a dispatch commits, so the request goes out without waiting for a poll."""
@@ -50,6 +51,10 @@ class OutboxRelay:
                     log.error("outbox message %s is not a valid envelope; skipping it", message.message_id)
                     await self.store.mark_outbox_failed(message.message_id)
                     continue
+                if message.routing_key not in self._declared:
+                    # Agents declare their own queue, but a request must never be unroutable.
+                    await self.bus.declare(message.routing_key)
+                    self._declared.add(message.routing_key)
                 await self.bus.publish(message.routing_key, envelope)
                 await self.store.mark_outbox_published(message.message_id)
                 published += 1
