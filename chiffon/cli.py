@@ -184,7 +184,7 @@ def controller_loop(settings: Settings, store: Store, bus: Bus, source: GitSourc
 
 
 async def open_message_bus(settings: Settings) -> Bus:
-    bus = open_bus(settings.broker_url)
+    bus = open_bus(settings.broker_url, prefix=settings.bus_prefix)
     await bus.connect()
     return bus
 
