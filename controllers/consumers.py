@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from chiffon.bus import Delivery
+from chiffon.controllers.faults import AFTER_RESULT, crash_point
 from chiffon.controllers.scheduler import best_gpu_free, is_online
 from chiffon.resources import Agent, AuditEvent, Outcome, Run, RunStatus
 from chiffon.resources.messages import (
@@ -66,6 +67,7 @@ class ResultConsumer:
             await self.store.append_run_events(payload.run_id, payload.events)
         elif isinstance(payload, RunResult):
             await self._result(payload)
+            crash_point(AFTER_RESULT)
         elif isinstance(payload, ErrorPayload):
             log.warning("agent reported %s: %s", payload.code, payload.message)
         else:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from chiffon.bus import runs_queue
+from chiffon.controllers.faults import AFTER_DISPATCH, crash_point
 from chiffon.controllers.planner import PlanError, Planner
 from chiffon.controllers.progress import MAX_ATTEMPTS, Progress, duration_history, progress, retry_at
 from chiffon.controllers.reconcile import ReconcileError, Result, Stalled, Waiting
@@ -350,6 +351,7 @@ class IntentReconciler:
             run, routing_key=runs_queue(state.decision.executor.id), body=encode_envelope(envelope)
         )
         if created:
+            crash_point(AFTER_DISPATCH)
             state.runs.append(run)
             await self._audit(
                 state,

@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from chiffon.bus import Bus, BusError
+from chiffon.controllers.faults import AFTER_PUBLISH, crash_point
 from chiffon.controllers.manager import sleep_until
 from chiffon.resources.messages import ProtocolError, decode_envelope
 from chiffon.store import Store, StoreError
@@ -56,6 +57,7 @@ class OutboxRelay:
                     await self.bus.declare(message.routing_key)
                     self._declared.add(message.routing_key)
                 await self.bus.publish(message.routing_key, envelope)
+                crash_point(AFTER_PUBLISH)
                 await self.store.mark_outbox_published(message.message_id)
                 published += 1
 
