@@ -82,7 +82,7 @@ class BusFactory:
         bus = open_bus(self.url, prefix=chosen)
         self.opened.append(bus)
         try:
-            await bus.connect()
+            await connect_patiently(bus)
         except BusError as exc:
             pytest.fail(
                 f"RabbitMQ is required for this test and is not usable: {exc}. Start it, point "
@@ -100,13 +100,34 @@ class BusFactory:
         if not names:
             return
         cleaner = open_bus(self.url, prefix=self.prefix)
-        await cleaner.connect()
+        await connect_patiently(cleaner)
         try:
             for name in sorted(names):
                 assert name.startswith(SESSION_PREFIX)
                 await cleaner._delete_queue(name)  # type: ignore[attr-defined]
         finally:
             await cleaner.close()
+
+
+# Whether RabbitMQ answered earlier in this session: then a refused connection
+# is most likely a restart in progress (another test's, or a person's) and worth
+# waiting for; a broker that never answered fails every test at once instead.
+_BROKER_ANSWERED: list[bool] = []
+RESTART_PATIENCE = 60.0
+
+
+async def connect_patiently(bus: Bus) -> None:
+    deadline = time.monotonic() + RESTART_PATIENCE
+    while True:
+        try:
+            await bus.connect()
+        except BusError:
+            if not _BROKER_ANSWERED or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+            continue
+        _BROKER_ANSWERED.append(True)
+        return
 
 
 def sweep_leftover_queues() -> None:

@@ -9,10 +9,15 @@ broker running and answering ``rabbitmq-diagnostics ping``.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +33,7 @@ from tests.contract.support import (
 
 WORK = "work"
 RABBITMQCTL = shutil.which("rabbitmqctl")
+RESTART_LOCK = Path(tempfile.gettempdir()) / "chiffon-test-rabbitmq-restart.lock"
 needs_rabbitmqctl = pytest.mark.skipif(RABBITMQCTL is None, reason="needs rabbitmqctl on this machine")
 
 
@@ -74,11 +80,27 @@ def ensure_broker_running(timeout: float = 120.0) -> None:
     diagnostics = shutil.which("rabbitmq-diagnostics") or "rabbitmq-diagnostics"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ping = subprocess.run([diagnostics, "-q", "ping"], capture_output=True, timeout=timeout, check=False)
-        if ping.returncode == 0:
+        # ping answers as soon as the Erlang node runs; check_running waits for the app.
+        checks = [
+            subprocess.run([diagnostics, "-q", check], capture_output=True, timeout=timeout, check=False)
+            for check in ("ping", "check_running")
+        ]
+        if all(check.returncode == 0 for check in checks):
             return
         time.sleep(1)
     raise AssertionError("RabbitMQ did not answer ping after the restart test: start it by hand")
+
+
+@asynccontextmanager
+async def restart_lock() -> AsyncIterator[None]:
+    """One broker restart at a time on this machine, even from other people's test runs."""
+    descriptor = os.open(RESTART_LOCK, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        # In a thread: waiting for someone else's restart must not freeze the event loop.
+        await asyncio.to_thread(fcntl.flock, descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 @needs_rabbitmqctl
@@ -126,18 +148,19 @@ async def test_no_confirmed_message_is_lost_when_the_broker_restarts(factory: Bu
     await bus.consume(WORK, record, prefetch=20)
     sent = numbered(200)
     confirmed: list[str] = []
-    publishing = asyncio.create_task(_publish_slowly(bus, sent, confirmed))
-    try:
-        await eventually(lambda: len(confirmed) >= 50, within=30, what="50 confirmed publishes")
-        await rabbitmqctl("stop_app")
-        await rabbitmqctl("start_app")
-        await asyncio.wait_for(publishing, timeout=120)
-        expected = {envelope.message_id for envelope in sent}
-        await eventually(lambda: expected <= set(received), within=90, what="every message to arrive")
-    finally:
-        publishing.cancel()
-        await asyncio.gather(publishing, return_exceptions=True)
-        ensure_broker_running()
+    expected = {envelope.message_id for envelope in sent}
+    async with restart_lock():
+        publishing = asyncio.create_task(_publish_slowly(bus, sent, confirmed))
+        try:
+            await eventually(lambda: len(confirmed) >= 50, within=30, what="50 confirmed publishes")
+            await rabbitmqctl("stop_app")
+            await rabbitmqctl("start_app")
+            await asyncio.wait_for(publishing, timeout=120)
+            await eventually(lambda: expected <= set(received), within=90, what="every message to arrive")
+        finally:
+            publishing.cancel()
+            await asyncio.gather(publishing, return_exceptions=True)
+            ensure_broker_running()
 
     duplicates = len(received) - len(set(received))
     missing = sorted(expected - set(received))
