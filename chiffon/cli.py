@@ -17,7 +17,7 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -108,10 +108,25 @@ async def prepare_git_repos(settings: Settings) -> None:
     )
 
 
-async def open_store(settings: Settings) -> Store:
+async def open_store(settings: Settings, *, wait: bool = False) -> Store:
     store = Store.from_url(settings.resolved_database_url)
-    await store.migrate()
+    await until_available("the database", store.migrate, wait=wait)
     return store
+
+
+async def until_available(what: str, connect: Callable[[], Awaitable[None]], *, wait: bool) -> None:
+    """Connect once, or (for long-running services) keep retrying with backoff: no crash loop on an outage."""
+    delay = 1.0
+    while True:
+        try:
+            await connect()
+            return
+        except (StoreError, BusError) as exc:
+            if not wait:
+                raise
+            log.warning("%s is unavailable (%s); retrying in %.0fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 async def open_source(settings: Settings, store: Store) -> GitSource:
@@ -183,9 +198,9 @@ def controller_loop(settings: Settings, store: Store, bus: Bus, source: GitSourc
     return NamedLoop("controller", lambda stop: elector.run(stop, controller.lead))
 
 
-async def open_message_bus(settings: Settings) -> Bus:
+async def open_message_bus(settings: Settings, *, wait: bool = False) -> Bus:
     bus = open_bus(settings.broker_url, prefix=settings.bus_prefix)
-    await bus.connect()
+    await until_available("the message bus", bus.connect, wait=wait)
     return bus
 
 
@@ -219,8 +234,8 @@ async def run_api(settings: Settings) -> None:
 
 
 async def run_controller(settings: Settings) -> None:
-    store = await open_store(settings)
-    bus = await open_message_bus(settings)
+    store = await open_store(settings, wait=True)
+    bus = await open_message_bus(settings, wait=True)
     try:
         source = await open_source(settings, store)
         infra = settings.resolved_infra_repo
