@@ -8,19 +8,24 @@ RabbitMQ is the real server at ``$CHIFFON_TEST_AMQP_URL`` (default
   sweep at the end of the session deletes any queue still carrying this
   session's prefix (a crashed test); nobody else's queue is ever touched;
 * an unreachable broker makes the RabbitMQ tests fail with the reason; they
-  are skipped only when ``CHIFFON_TEST_SKIP_RABBITMQ=1`` says so.
+  are skipped only when ``CHIFFON_TEST_SKIP_RABBITMQ=1`` says so;
+* a test that restarts the broker runs alone: see :func:`share_broker`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -64,14 +69,72 @@ def unique_prefix() -> str:
     return f"{SESSION_PREFIX}{uuid.uuid4().hex[:6]}."
 
 
-class BusFactory:
-    """Opens connected buses of one kind that share a test's prefix, and cleans up after them."""
+_GATE = Path(tempfile.gettempdir()) / "chiffon-test-rabbitmq.gate"
+_IN_USE = Path(tempfile.gettempdir()) / "chiffon-test-rabbitmq.lock"
+LOCK_PATIENCE = 240.0
 
-    def __init__(self, kind: str, prefix: str) -> None:
+
+async def _flock(path: Path, mode: int) -> int:
+    """A file descriptor holding ``mode`` on ``path``; polled, so waiting stays cancellable."""
+    descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+    deadline = time.monotonic() + LOCK_PATIENCE
+    try:
+        while True:
+            try:
+                fcntl.flock(descriptor, mode | fcntl.LOCK_NB)
+                return descriptor
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"waited {LOCK_PATIENCE:g} s for {path}: is a broker restart stuck?")
+                await asyncio.sleep(0.01)
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+async def share_broker() -> int:
+    """Held (a descriptor) while a test uses RabbitMQ, by every test run on this machine.
+
+    A test that restarts the broker takes it exclusively through
+    :func:`broker_alone`, so it waits for running tests to finish and tests wait
+    for the restart, instead of failing on each other. The gate gives the restart
+    priority: new tests queue behind it rather than starving it.
+    """
+    gate = await _flock(_GATE, fcntl.LOCK_SH)
+    try:
+        return await _flock(_IN_USE, fcntl.LOCK_SH)
+    finally:
+        os.close(gate)
+
+
+@asynccontextmanager
+async def broker_alone() -> AsyncIterator[None]:
+    """No other test (of any run on this machine) uses RabbitMQ inside this block."""
+    gate = await _flock(_GATE, fcntl.LOCK_EX)
+    try:
+        in_use = await _flock(_IN_USE, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            os.close(in_use)
+    finally:
+        os.close(gate)
+
+
+class BusFactory:
+    """Opens connected buses of one kind that share a test's prefix, and cleans up after them.
+
+    On RabbitMQ it holds :func:`share_broker` from the first ``open()`` to the
+    end of ``cleanup()``; pass ``share_broker=False`` only inside :func:`broker_alone`.
+    """
+
+    def __init__(self, kind: str, prefix: str, *, share_broker: bool = True) -> None:
         self.kind = kind
         self.prefix = prefix
         self.url = amqp_url() if kind == "amqp" else None
         self.opened: list[Bus] = []
+        self._share = share_broker and self.url is not None
+        self._lease: int | None = None
         if self.url is not None:
             RABBITMQ_PREFIXES.append(prefix)
 
@@ -79,10 +142,12 @@ class BusFactory:
         """A connected bus; ``prefix`` (default: the test's) must start with the test's prefix."""
         chosen = self.prefix if prefix is None else prefix
         assert chosen.startswith(self.prefix), "tests may only use queues under their own prefix"
+        if self._share and self._lease is None:
+            self._lease = await share_broker()
         bus = open_bus(self.url, prefix=chosen)
         self.opened.append(bus)
         try:
-            await connect_patiently(bus)
+            await (connect_patiently(bus) if self.url is not None else bus.connect())
         except BusError as exc:
             pytest.fail(
                 f"RabbitMQ is required for this test and is not usable: {exc}. Start it, point "
@@ -93,6 +158,14 @@ class BusFactory:
 
     async def cleanup(self) -> None:
         """Close every bus, then delete every queue they declared (and nothing else)."""
+        try:
+            await self._cleanup()
+        finally:
+            if self._lease is not None:
+                os.close(self._lease)
+                self._lease = None
+
+    async def _cleanup(self) -> None:
         names: set[str] = set()
         for bus in self.opened:
             names |= bus._declared  # type: ignore[attr-defined]
@@ -100,7 +173,7 @@ class BusFactory:
         if not names:
             return
         cleaner = open_bus(self.url, prefix=self.prefix)
-        await connect_patiently(cleaner)
+        await (connect_patiently(cleaner) if self.url is not None else cleaner.connect())
         try:
             for name in sorted(names):
                 assert name.startswith(SESSION_PREFIX)
@@ -117,6 +190,7 @@ RESTART_PATIENCE = 60.0
 
 
 async def connect_patiently(bus: Bus) -> None:
+    """Connect a RabbitMQ bus, waiting out a restart if the broker answered before."""
     deadline = time.monotonic() + RESTART_PATIENCE
     while True:
         try:
