@@ -1,9 +1,10 @@
 """``chiffon``: the server commands. This module is the composition root.
 
-``chiffon up`` is the embedded default: API, controllers (and, as later
-capabilities land, the agents) in one process, with SQLite and a state
-directory it creates. ``chiffon api`` / ``chiffon controller`` run the same
-parts separately against PostgreSQL for the distributed mode.
+``chiffon up`` is the embedded default: API, controllers, an infra agent and
+a desktop agent in one process, with SQLite, the in-process bus and a state
+directory it creates. ``chiffon api`` / ``chiffon controller`` /
+``chiffon agent infra|desktop`` run the same parts separately against
+PostgreSQL and RabbitMQ for the distributed mode.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from chiffon.agents.capacity import hostname
+from chiffon.agents.desktop import DesktopAgent, default_desktop_labels
+from chiffon.agents.infra import DEFAULT_MAX_CONCURRENT, InfraAgent
 from chiffon.api.app import create_app
 from chiffon.api.context import ServerContext
 from chiffon.bus import Bus, BusError, open_bus
@@ -204,6 +208,43 @@ async def open_message_bus(settings: Settings, *, wait: bool = False) -> Bus:
     return bus
 
 
+def agent_work_dir(settings: Settings, agent_id: str) -> Path:
+    """Where an agent keeps its journal and run directories: never inside the infra repo."""
+    return settings.home / "agents" / agent_id
+
+
+def embedded_lab_root(settings: Settings) -> str:
+    """The lab's scratch folder for ``chiffon up``: $CHIFFON_LAB_ROOT, else <home>/lab."""
+    return os.environ.get("CHIFFON_LAB_ROOT") or str(settings.home / "lab")
+
+
+# The embedded agents stop with the process: a person pressing Ctrl-C expects it to be quick.
+EMBEDDED_SHUTDOWN_GRACE = 10.0
+# The in-process bus forgets what was in flight when the process exits: results of the last
+# day are published again at start (the controller ignores those it already has).
+EMBEDDED_RESEND_SECONDS = 24 * 3600.0
+
+
+def embedded_agent_loops(settings: Settings, bus: Bus, infra: Path) -> list[NamedLoop]:
+    """The infra agent and this machine's desktop agent, on the same in-process bus."""
+    infra_id = f"infra-{hostname()}"
+    infra_agent = InfraAgent(
+        bus,
+        repo=infra,
+        work_dir=agent_work_dir(settings, infra_id),
+        agent_id=infra_id,
+        labels={"role": "infra"},
+        env={"CHIFFON_LAB_ROOT": embedded_lab_root(settings)},
+        shutdown_grace=EMBEDDED_SHUTDOWN_GRACE,
+        resend_results_within=EMBEDDED_RESEND_SECONDS,
+    )
+    desktop = DesktopAgent(bus, agent_id=f"desktop-{hostname()}")
+    return [
+        NamedLoop(f"agent {infra_agent.agent_id}", infra_agent.run),
+        NamedLoop(f"agent {desktop.agent_id}", desktop.run),
+    ]
+
+
 async def run_up(settings: Settings) -> None:
     check_listen_address(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -216,7 +257,11 @@ async def run_up(settings: Settings) -> None:
         await source.sync()
         context = ServerContext(settings, store, source, IntentsWriter(source))
         _banner(settings, infra)
-        await _serve(settings, context, [controller_loop(settings, store, bus, source, infra)])
+        loops = [
+            controller_loop(settings, store, bus, source, infra),
+            *embedded_agent_loops(settings, bus, infra),
+        ]
+        await _serve(settings, context, loops)
     finally:
         await bus.close()
         await store.close()
@@ -245,6 +290,22 @@ async def run_controller(settings: Settings) -> None:
         await store.close()
 
 
+async def run_agent(settings: Settings, agent: InfraAgent | DesktopAgent, bus: Bus) -> None:
+    try:
+        await _run_until_signal([NamedLoop(f"agent {agent.agent_id}", agent.run)])
+    finally:
+        await bus.close()
+
+
+async def open_agent_bus(settings: Settings) -> Bus:
+    if not settings.broker_url:
+        raise StartupError(
+            "an agent on its own needs RabbitMQ: set CHIFFON_BROKER_URL (or broker_url in chiffon.yaml); "
+            "`chiffon up` runs both agents in process without one"
+        )
+    return await open_message_bus(settings)
+
+
 def _banner(settings: Settings, infra: Path) -> None:
     url = f"http://{settings.host}:{settings.port}"
     lines = [
@@ -253,6 +314,7 @@ def _banner(settings: Settings, infra: Path) -> None:
         f"  database:      {_redact(settings.resolved_database_url)}",
         f"  intents repo:  {settings.resolved_intents_repo}",
         f"  homelab-infra: {infra}",
+        f"  agents:        infra-{hostname()}, desktop-{hostname()} (lab root {embedded_lab_root(settings)})",
         "Next, in another terminal:  chiffonctl apply -f examples/intents/  &&  chiffonctl get intents",
         "Stop with Ctrl-C.",
     ]
@@ -366,6 +428,115 @@ def migrate(home: HomeOption = None) -> None:
 
         asyncio.run(_migrate())
         typer.echo(f"database at {_redact(settings.resolved_database_url)} is up to date")
+
+
+# Agents --------------------------------------------------------------------------------------
+
+agent_app = typer.Typer(
+    help="Run an agent on this machine (distributed mode; needs CHIFFON_BROKER_URL).",
+    no_args_is_help=True,
+)
+app.add_typer(agent_app, name="agent")
+
+IdOption = Annotated[str | None, typer.Option("--id", help="agent id [default: <kind>-<hostname>]")]
+LabelOption = Annotated[
+    list[str] | None, typer.Option("--label", help="a label KEY=VALUE, repeatable; adds to the defaults")
+]
+HeartbeatOption = Annotated[
+    float, typer.Option("--heartbeat-interval", min=1.0, help="seconds between heartbeats")
+]
+
+
+def parse_labels(given: list[str] | None, defaults: dict[str, str]) -> dict[str, str]:
+    labels = dict(defaults)
+    for item in given or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--label")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+@agent_app.command("infra")
+def agent_infra(
+    home: HomeOption = None,
+    infra_repo: InfraOption = None,
+    agent_id: IdOption = None,
+    label: LabelOption = None,
+    max_concurrent: Annotated[
+        int, typer.Option("--max-concurrent", min=1, help="playbooks run at the same time")
+    ] = DEFAULT_MAX_CONCURRENT,
+    heartbeat_interval: HeartbeatOption = 15.0,
+) -> None:
+    """Run playbooks sent to this agent with ansible-runner, against the homelab-infra checkout."""
+    with _reported():
+        settings = load_settings(home=home, infra_repo=infra_repo)
+        _configure_logging(settings)
+        repo = settings.resolved_infra_repo
+        if not repo.is_dir():
+            raise StartupError(f"the homelab-infra checkout {repo} does not exist; pass --infra-repo PATH")
+        labels = parse_labels(label, {"role": "infra"})
+        chosen = agent_id or f"infra-{hostname()}"
+
+        async def _main() -> None:
+            bus = await open_agent_bus(settings)
+            try:
+                agent = InfraAgent(
+                    bus,
+                    repo=repo,
+                    work_dir=agent_work_dir(settings, chosen),
+                    agent_id=chosen,
+                    labels=labels,
+                    max_concurrent=max_concurrent,
+                    heartbeat_interval=heartbeat_interval,
+                )
+            except ValueError as exc:
+                await bus.close()
+                raise StartupError(str(exc)) from None
+            await run_agent(settings, agent, bus)
+
+        asyncio.run(_main())
+
+
+@agent_app.command("desktop")
+def agent_desktop(
+    home: HomeOption = None,
+    agent_id: IdOption = None,
+    label: LabelOption = None,
+    busy: Annotated[
+        bool, typer.Option("--busy", help="report this machine busy: nothing is scheduled")
+    ] = False,
+    busy_process: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--busy-process", help="busy while a process of this name runs (e.g. a game); repeatable"
+        ),
+    ] = None,
+    heartbeat_interval: HeartbeatOption = 15.0,
+) -> None:
+    """Report this machine's CPU, memory and GPUs so the scheduler can place runs on it."""
+    with _reported():
+        settings = load_settings(home=home)
+        _configure_logging(settings)
+        labels = parse_labels(label, default_desktop_labels())
+
+        async def _main() -> None:
+            bus = await open_agent_bus(settings)
+            try:
+                agent = DesktopAgent(
+                    bus,
+                    agent_id=agent_id,
+                    labels=labels,
+                    heartbeat_interval=heartbeat_interval,
+                    busy=busy,
+                    busy_processes=busy_process or [],
+                )
+            except ValueError as exc:
+                await bus.close()
+                raise StartupError(str(exc)) from None
+            await run_agent(settings, agent, bus)
+
+        asyncio.run(_main())
 
 
 def main() -> None:

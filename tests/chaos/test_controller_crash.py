@@ -150,7 +150,7 @@ async def _delete_queues(bus: object, prefix: str) -> None:
         return
     for name in ("chiffon.results", "chiffon.heartbeats", "chiffon.dead-letter", "chiffon.runs.infra-1"):
         with contextlib.suppress(Exception):  # already gone, or the broker is restarting
-            await delete(name)
+            await delete(prefix + name)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
