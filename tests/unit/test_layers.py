@@ -53,6 +53,8 @@ OWNERS = {
     "httpx": ("chiffon.api.client",),
     "aio_pika": ("chiffon.bus",),
     "ansible_runner": ("chiffon.agents.runner",),
+    "psutil": ("chiffon.agents.capacity",),
+    "pynvml": ("chiffon.agents.capacity",),
     "litellm": ("chiffon.agents.llm",),
     "uvicorn": ("chiffon.cli",),
 }

@@ -1,0 +1,677 @@
+"""What every reconcile benchmark shares: setups, the timed agent, the controller harness, results.
+
+* **Setups.** ``embedded`` is a SQLite file in a temp dir and the in-process
+  bus; ``distributed`` is PostgreSQL (a schema of its own, ``chiffon_bench_<hex>``)
+  and RabbitMQ (a queue prefix of its own, ``chiffon-bench-<hex>.``). Both are
+  torn down in ``finally`` blocks: the schema is dropped, exactly the queues
+  this run declared are deleted, the temp dir is removed — on success,
+  failure, Ctrl-C (asyncio cancels the main task) and SIGTERM alike.
+* **The agent** is ``tests.agentsim.RecordingAgent`` (the protocol-speaking
+  stand-in), subclassed only to note when each RunRequest arrived.
+* **The controller** runs in process with ``Controller(...).lead(epoch, lost)``,
+  which is what ``chiffon up`` / ``chiffon controller`` run once they lead; the
+  intents repo is a local git repo in the temp dir, so commits reach it through
+  the watch loop (watchfiles), as they do for a person committing locally.
+* **Isolation.** With ``--setup both`` a figure runs each setup in a child
+  process of its own (a clean heap for RSS, a fresh event loop); the child is
+  started in its own session and the parent forwards one interrupt to it and
+  waits while it cleans up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python -m bench.x` from elsewhere, or `python bench/x.py`
+    sys.path.insert(0, str(ROOT))
+
+from chiffon.bus import Bus, Delivery, open_bus  # noqa: E402
+from chiffon.controllers.controller import Controller  # noqa: E402
+from chiffon.controllers.planner import Planner  # noqa: E402
+from chiffon.controllers.source import GitSource, SourceConfig  # noqa: E402
+from chiffon.gitrepo import GitRepo, Identity  # noqa: E402
+from chiffon.resources.messages import RunRequest  # noqa: E402
+from chiffon.store import Store  # noqa: E402
+from chiffon.store.testing import create_schema, drop_schema  # noqa: E402
+from tests.agentsim import RecordingAgent  # noqa: E402
+
+log = logging.getLogger("bench")
+
+SETUPS = ("embedded", "distributed")
+POSTGRES_URL = (
+    os.environ.get("CHIFFON_BENCH_POSTGRES_URL")
+    or os.environ.get("CHIFFON_TEST_POSTGRES_URL")
+    or "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+AMQP_URL = (
+    os.environ.get("CHIFFON_BENCH_AMQP_URL")
+    or os.environ.get("CHIFFON_TEST_AMQP_URL")
+    or "amqp://guest:guest@127.0.0.1:5672/"
+)
+BENCH_AUTHOR = Identity("Chiffon Bench", "bench@example.invalid")
+PLAYBOOK = "ansible/playbooks/kuma-deployment.yml"
+HEARTBEAT_SECONDS = 15.0
+WARMUP_NUDGE_SECONDS = 15.0
+RESULTS_DIR = ROOT / "bench" / "results"
+
+
+# Intents -------------------------------------------------------------------------------------
+
+
+def intent_name(index: int) -> str:
+    return f"bench-{index:05d}"
+
+
+def intent_yaml(name: str) -> bytes:
+    """An Auto-approved intent with one step, limited to localhost."""
+    return (
+        "apiVersion: chiffon.dev/v1alpha1\n"
+        "kind: DeploymentIntent\n"
+        f"metadata:\n  name: {name}\n"
+        "spec:\n"
+        f"  steps:\n    - name: deploy\n      playbook: {PLAYBOOK}\n"
+        "  limit: localhost\n"
+        "  approval: Auto\n"
+    ).encode()
+
+
+def intent_files(names: Sequence[str]) -> dict[str, bytes]:
+    return {f"{name}.yaml": intent_yaml(name) for name in names}
+
+
+# Numbers and the machine -----------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100), as numpy's default does."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def proc_status_kib(field_name: str) -> int:
+    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM), in KiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    # Not Linux: ru_maxrss is the peak (KiB on Linux, bytes on macOS).
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+class RssSampler:
+    """Samples VmRSS in a thread while a block runs: the peak *during* it, not the process's lifetime."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kib = max(self.peak_kib, proc_status_kib("VmRSS"))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self.peak_kib = proc_status_kib("VmRSS")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_kib = max(self.peak_kib, proc_status_kib("VmRSS"))
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on; the load average says whether the machine was shared."""
+    model = platform.processor() or "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    git = subprocess.run(["git", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    return {
+        "nproc": usable,
+        "cpu_model": model,
+        "ram_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "git": git.removeprefix("git version "),
+        "load_average_1_5_15": load_average(),
+    }
+
+
+def describe_machine(info: dict[str, Any]) -> str:
+    load = "/".join(f"{x:g}" for x in info.get("load_average_1_5_15", []))
+    return (
+        f"{info['nproc']} CPU x {info['cpu_model']}, {info['ram_gib']} GiB RAM, "
+        f"Linux {info['kernel']}, Python {info['python']}, SQLite {info['sqlite']}, git {info['git']}"
+        + (f"; load avg {load} at start" if load else "")
+    )
+
+
+# Setups --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """A store and buses that nobody else uses, and a temp dir; all removed by :func:`open_setup`."""
+
+    name: str
+    store: Store
+    tmp: Path
+    prefix: str
+    schema: str | None = None
+    server: str = ""
+    buses: list[Bus] = field(default_factory=list)
+
+    async def bus(self) -> Bus:
+        """A connected bus of this setup (a separate connection on RabbitMQ, as a separate process has)."""
+        bus = open_bus(AMQP_URL if self.name == "distributed" else None, prefix=self.prefix)
+        self.buses.append(bus)
+        await bus.connect()
+        return bus
+
+    def describe(self) -> str:
+        if self.name == "embedded":
+            return "SQLite file + in-process bus"
+        return f"PostgreSQL {self.server} (schema {self.schema}) + RabbitMQ (prefix {self.prefix})"
+
+
+@contextlib.asynccontextmanager
+async def open_setup(name: str, *, with_bus: bool = True) -> AsyncIterator[Setup]:
+    tag = uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix=f"chiffon-bench-{tag}-"))
+    schema: str | None = None
+    store: Store | None = None
+    setup: Setup | None = None
+    try:
+        if name == "embedded":
+            store = Store.from_url(f"sqlite+aiosqlite:///{tmp / 'state' / 'chiffon.db'}")
+        elif name == "distributed":
+            schema = f"chiffon_bench_{tag}"
+            await create_schema(POSTGRES_URL, schema)
+            store = Store.from_url(POSTGRES_URL, schema=schema)
+        else:
+            raise ValueError(f"unknown setup {name!r}; choose from {', '.join(SETUPS)}")
+        await store.migrate()
+        setup = Setup(name, store, tmp, prefix=f"chiffon-bench-{tag}.", schema=schema)
+        if name == "distributed":
+            setup.server = await server_version(store)
+            if with_bus:
+                # Fail now, before any work, if RabbitMQ is not there.
+                await setup.bus()
+        log.info("setup %s: %s (temp dir %s)", name, setup.describe(), tmp)
+        yield setup
+    finally:
+        # Shielded: a Ctrl-C during the run must still leave nothing behind.
+        await asyncio.shield(_teardown(setup, store, schema, tmp))
+
+
+async def _teardown(setup: Setup | None, store: Store | None, schema: str | None, tmp: Path) -> None:
+    if setup is not None:
+        await _delete_queues(setup)
+    if store is not None:
+        with _warn_on_failure("close the store"):
+            await store.close()
+    if schema is not None:
+        with _warn_on_failure(f"drop schema {schema}"):
+            await drop_schema(POSTGRES_URL, schema)
+            log.info("dropped schema %s", schema)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _delete_queues(setup: Setup) -> None:
+    """Close the setup's buses, then delete exactly the queues they declared (all under its prefix)."""
+    declared: set[str] = set()
+    for bus in setup.buses:
+        declared |= set(getattr(bus, "_declared", set()))
+        with _warn_on_failure("close a bus"):
+            await bus.close()
+    if setup.name != "distributed" or not declared:
+        return
+    cleaner = open_bus(AMQP_URL, prefix=setup.prefix)
+    with _warn_on_failure(f"delete queues {sorted(declared)}"):
+        await cleaner.connect()
+        try:
+            for queue in sorted(declared):
+                assert queue.startswith(setup.prefix), queue
+                await cleaner._delete_queue(queue)  # type: ignore[attr-defined]
+            log.info("deleted %d queues under %s", len(declared), setup.prefix)
+        finally:
+            await cleaner.close()
+
+
+@contextlib.contextmanager
+def _warn_on_failure(what: str) -> Any:
+    try:
+        yield
+    except Exception as exc:  # cleanup goes on with the next item
+        print(f"bench: could not {what}: {exc}", file=sys.stderr)
+
+
+async def server_version(store: Store) -> str:
+    async with store.engine.connect() as connection:
+        full = str((await connection.exec_driver_sql("SHOW server_version")).scalar_one())
+    return full.split()[0]
+
+
+# The agent -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TimedAgent(RecordingAgent):
+    """The recording agent, noting when the first RunRequest of each intent arrived (monotonic clock)."""
+
+    arrivals: dict[str, float] = field(default_factory=dict)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _on_request(self, delivery: Delivery) -> None:
+        request = delivery.envelope.payload
+        if isinstance(request, RunRequest):
+            self.arrivals.setdefault(request.intent, time.monotonic())
+            self._arrived.set()
+        await super()._on_request(delivery)
+
+    async def wait_for(self, names: Sequence[str], *, within: float) -> None:
+        """Until a RunRequest for every one of ``names`` has arrived; TimeoutError after ``within`` s."""
+        async with asyncio.timeout(within):
+            while any(name not in self.arrivals for name in names):
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+# The controller harness ----------------------------------------------------------------------
+
+
+@dataclass
+class Harness:
+    setup: Setup
+    repo: GitRepo
+    agent: TimedAgent
+    controller: Controller
+    source: GitSource
+    warmup_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    passes: int = 0  # reconcile passes run by the controller's work queue
+    _passed: asyncio.Event = field(default_factory=asyncio.Event)
+    syncs: list[tuple[float, int]] = field(default_factory=list)  # (monotonic end, intents changed)
+
+    def warmup_notes(self) -> list[str]:
+        return [
+            f"warm-up first, not counted: intent bench-warmup end to end ({self.warmup_seconds:.2f}s, "
+            "includes the one ansible-playbook --syntax-check every intent shares: same playbook, "
+            "cached by content hash), then bench-watch through the watch loop",
+            *self.notes,
+        ]
+
+    def ready_count(self) -> int:
+        """Intents the controller has seen Ready (it tracks them after every pass; no database read)."""
+        return len(self.controller._ready)
+
+    async def wait_ready(self, names: Sequence[str], *, within: float) -> None:
+        wanted = set(names)
+        async with asyncio.timeout(within):
+            while not wanted <= self.controller._ready:
+                self._passed.clear()
+                await self._passed.wait()
+
+
+@contextlib.asynccontextmanager
+async def running_controller(setup: Setup, *, syntax_check: bool = True) -> AsyncIterator[Harness]:
+    """A leading controller, a timed agent, an intents repo; warmed up with one intent end to end.
+
+    The warm-up intent (``bench-warmup``) pays for the first ``ansible-playbook
+    --syntax-check`` of the playbook; every benchmark intent uses the same
+    playbook, so the planner's syntax-check cache (keyed by content hash)
+    answers for all of them afterwards.
+    """
+    infra = setup.tmp / "homelab-infra"
+    shutil.copytree(ROOT / "examples" / "homelab-infra", infra)
+    copied = time.monotonic()
+    repo = await GitRepo.init(setup.tmp / "intents")
+    source = GitSource(SourceConfig(str(repo.path), setup.tmp / "checkout"), setup.store)
+    controller = Controller(setup.store, await setup.bus(), source, Planner(infra, syntax_check=syntax_check))
+    agent = TimedAgent(await setup.bus())
+    harness = Harness(setup, repo, agent, controller, source)
+    _instrument(harness)
+    lost = asyncio.Event()
+    leading = asyncio.create_task(controller.lead(1, lost), name="controller")
+    beating = asyncio.create_task(_heartbeats(agent, lost), name="heartbeats")
+    try:
+        await agent.start()
+        await _until(lambda: _agent_known(setup.store, agent.agent_id), within=30, what="agent registered")
+        # First warm-up: the controller's watch loop may still be installing its watches, so
+        # ask for the sync rather than racing watchfiles (only this intent is nudged).
+        started = time.monotonic()
+        await repo.commit(intent_files(["bench-warmup"]), "warm-up intent", BENCH_AUTHOR)
+        source.request_sync()
+        await agent.wait_for(["bench-warmup"], within=120)
+        harness.warmup_seconds = time.monotonic() - started
+        await harness.wait_ready(["bench-warmup"], within=60)
+        # Second warm-up: through the watch loop alone, as every measured commit goes.
+        await repo.commit(intent_files(["bench-watch"]), "watch probe", BENCH_AUTHOR)
+        try:
+            await agent.wait_for(["bench-watch"], within=WARMUP_NUDGE_SECONDS)
+        except TimeoutError:
+            harness.notes.append(
+                f"the watch loop missed the probe commit for {WARMUP_NUDGE_SECONDS:g}s; "
+                "the bench asked the source to sync (request_sync)"
+            )
+            source.request_sync()
+            await agent.wait_for(["bench-watch"], within=60)
+        await harness.wait_ready(["bench-watch"], within=60)
+        # The planner never caches hashes of files changed in the last two seconds.
+        await asyncio.sleep(max(0.0, copied + 2.5 - time.monotonic()))
+        yield harness
+    finally:
+        lost.set()
+        with _warn_on_failure("stop the controller"):
+            await asyncio.wait_for(leading, 60)
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
+        with _warn_on_failure("stop the agent"):
+            await agent.stop()
+
+
+def _instrument(harness: Harness) -> None:
+    """Count reconcile passes and note when syncs end: instance attributes of this run, no product change."""
+    controller = harness.controller
+    reconcile = controller.reconcile
+
+    async def counted(key: str) -> Any:
+        harness.passes += 1
+        try:
+            return await reconcile(key)
+        finally:
+            harness._passed.set()
+
+    controller.reconcile = counted  # type: ignore[method-assign]  # read by lead() when it starts the queue
+
+    async def on_sync(names: Sequence[str]) -> None:
+        harness.syncs.append((time.monotonic(), len(names)))
+
+    harness.source.subscribe(on_sync)
+
+
+async def _heartbeats(agent: RecordingAgent, stop: asyncio.Event) -> None:
+    """Keep the agent online (offline after 90 s of silence) for long runs."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
+        if not stop.is_set():
+            with _warn_on_failure("send a heartbeat"):
+                await agent.heartbeat()
+
+
+async def _agent_known(store: Store, agent_id: str) -> bool:
+    return any(agent.id == agent_id for agent in await store.list_agents())
+
+
+async def _until(check: Callable[[], Awaitable[bool]], *, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {within:g}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+# Running a figure ------------------------------------------------------------------------------
+
+Measure = Callable[[str, argparse.Namespace], Awaitable[Any]]  # a row, or a list of rows
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    parsed = argparse.ArgumentParser(description=description)
+    parsed.add_argument("--quick", action="store_true", help="small counts, for a CI smoke run")
+    parsed.add_argument("--setup", choices=[*SETUPS, "both"], default="both")
+    parsed.add_argument("--count", type=int, default=None, help="override the number of intents/repeats")
+    parsed.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parsed.add_argument(
+        "--profile", type=Path, default=None, help="cProfile the measured part; write stats here (one setup)"
+    )
+    parsed.add_argument("-v", "--verbose", action="store_true")
+    return parsed
+
+
+@dataclass
+class Observation:
+    """Warnings logged while a figure was measured, grouped by logger.
+
+    aio-pika/aiormq warnings mean the shared broker went away (other suites
+    restart RabbitMQ): the figure is flagged ``disturbed`` and should be run
+    again. Chiffon's own warnings (a paused relay, a failed pass) are the
+    product's behaviour under the load and are reported with the figure.
+    """
+
+    broker: int = 0
+    warnings: Counter[str] = field(default_factory=Counter)
+    first: dict[str, str] = field(default_factory=dict)
+
+    def add(self, record: logging.LogRecord) -> None:
+        group = f"{record.name} {record.levelname}"
+        if record.name.startswith(BROKER_LOGGERS):
+            self.broker += 1
+        self.warnings[group] += 1
+        self.first.setdefault(group, record.getMessage()[:300])
+
+    def annotate(self, row: dict[str, Any]) -> dict[str, Any]:
+        row["disturbed"] = self.broker > 0
+        details = row.setdefault("details", {})
+        notes = details.setdefault("notes", [])
+        details["warnings_logged"] = dict(self.warnings)
+        details["first_warning_of_each_kind"] = self.first
+        if self.broker:
+            row["summary"] += " DISTURBED"
+            notes.append(
+                f"the broker connection dropped during the measurement ({self.broker} aio-pika warnings; "
+                "another suite probably restarted RabbitMQ): run it again"
+            )
+        product = {group: n for group, n in self.warnings.items() if group.startswith("chiffon")}
+        if product:
+            notes.append(f"the product logged warnings/errors while measured: {product}")
+        return row
+
+
+BROKER_LOGGERS = ("aiormq", "aio_pika")
+
+
+class _LogWatch(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.observers: list[Observation] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for observer in self.observers:
+            observer.add(record)
+
+
+LOG_WATCH = _LogWatch()
+
+
+@contextlib.contextmanager
+def observed() -> Iterator[Observation]:
+    """Collect the warnings logged during the block."""
+    observation = Observation()
+    LOG_WATCH.observers.append(observation)
+    try:
+        yield observation
+    finally:
+        LOG_WATCH.observers.remove(observation)
+
+
+def _console_filter(record: logging.LogRecord) -> bool:
+    """Without --verbose: no aio-pika reconnect chatter (counted instead), no tracebacks."""
+    if record.name.startswith(BROKER_LOGGERS):
+        return False
+    record.exc_info = None
+    record.exc_text = None
+    return True
+
+
+def run_figure(module: str, measure: Measure, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run one figure on the setups asked for; print and return its rows."""
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    root = logging.getLogger()
+    if not args.verbose:
+        for handler in root.handlers:
+            handler.addFilter(_console_filter)
+    root.addHandler(LOG_WATCH)
+    if args.setup == "both":
+        rows = []
+        for setup in SETUPS:
+            rows.extend(run_child(module, setup, args))
+    else:
+        result = asyncio.run(_guarded(measure(args.setup, args)))
+        rows = result if isinstance(result, list) else [result]
+    for row in rows:
+        print(format_row(row))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2) + "\n")
+    return rows
+
+
+async def _guarded(work: Awaitable[Any]) -> Any:
+    """SIGTERM cancels the work like Ctrl-C does, so every ``finally`` gets to clean up."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+def run_child(
+    module: str, setup: str, args: argparse.Namespace, *, extra: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """``python -m bench.<module> --setup <setup>`` in a session of its own; return its rows.
+
+    Ctrl-C reaches only this process; it forwards one SIGINT to the child and
+    waits while the child cleans up (a second Ctrl-C here stops waiting).
+    """
+    with tempfile.TemporaryDirectory(prefix="chiffon-bench-out-") as scratch:
+        out = Path(scratch) / "rows.json"
+        command = [sys.executable, "-m", f"bench.{module}", "--setup", setup, "--json", str(out), *extra]
+        if args.quick:
+            command.append("--quick")
+        if args.count is not None:
+            command += ["--count", str(args.count)]
+        if args.verbose:
+            command.append("--verbose")
+        child = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, text=True)
+        try:
+            stdout, _ = child.communicate()
+        except KeyboardInterrupt:
+            print(f"\nbench: interrupted; waiting for {module} ({setup}) to clean up…", file=sys.stderr)
+            child.send_signal(signal.SIGINT)
+            child.wait(timeout=120)
+            raise
+        finally:
+            if child.poll() is None:
+                child.kill()
+        # The child printed its own rows; pass on anything else it said (notes, warnings).
+        for line in stdout.splitlines():
+            if not line.startswith("│"):
+                print(line)
+        if child.returncode != 0 or not out.exists():
+            return [failed_row(module, setup, f"exited with status {child.returncode}")]
+        return list(json.loads(out.read_text())["rows"])
+
+
+def failed_row(figure: str, setup: str, why: str) -> dict[str, Any]:
+    return {
+        "figure": figure,
+        "setup": setup,
+        "measured": None,
+        "summary": f"FAILED: {why}",
+        "target": "",
+        "pass": False,
+        "details": {},
+    }
+
+
+def format_row(row: dict[str, Any]) -> str:
+    verdict = "pass" if row["pass"] else "FAIL"
+    return f"│ {row['figure']:<18} {row['setup']:<12} {row['summary']:<52} {row['target']:<22} {verdict}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def maybe_profile(path: Path | None) -> contextlib.AbstractContextManager[Any]:
+    """cProfile the block (the event loop's thread only) and write the stats to ``path``."""
+    if path is None:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def profiling() -> Any:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            yield
+        finally:
+            profiler.disable()
+            profiler.dump_stats(str(path))
+            stats = pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative")
+            print(f"bench: profile written to {path}; top 25 by cumulative time:", file=sys.stderr)
+            stats.print_stats(25)
+
+    return profiling()
