@@ -14,12 +14,14 @@ and the time to Ready are reported for information.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
 from bench.common import (
     BENCH_AUTHOR,
     Harness,
+    exit_status,
     intent_files,
     intent_name,
     maybe_profile,
@@ -49,6 +51,7 @@ async def burst_on(harness: Harness, args: argparse.Namespace, *, first: int = 1
     # Generous limits: the figure is what it is, the run only has to end.
     within = max(120.0, count * 1.0)
     passes_before = harness.passes
+    harness.meter.reset()
     cpu_before = time.process_time()
     with observed() as seen, maybe_profile(args.profile):
         syncs_before = len(harness.syncs)
@@ -60,6 +63,7 @@ async def burst_on(harness: Harness, args: argparse.Namespace, *, first: int = 1
         await harness.wait_ready(names, within=within)
         ready = time.monotonic() - committed
     cpu = time.process_time() - cpu_before
+    store_use = harness.meter.snapshot()
     passes = harness.passes - passes_before
     synced = [(at - committed, changed) for at, changed in harness.syncs[syncs_before:]]
     wanted = set(names)
@@ -91,6 +95,10 @@ async def burst_on(harness: Harness, args: argparse.Namespace, *, first: int = 1
             "requests_received": len(harness.agent.received),
             "duplicate_executions": len(harness.agent.duplicates()),
             "reconcile_passes": passes,
+            "store_use": store_use,
+            "store_transactions_per_intent": round(
+                (store_use["write_transactions"] + store_use["read_transactions"]) / count, 1
+            ),
             "process_cpu_s": round(cpu, 2),
             "warmup_s": harness.warmup_seconds,
             "notes": [
@@ -108,10 +116,10 @@ def _ready(intent: DeploymentIntent) -> bool:
     return is_condition_true(intent.status.conditions if intent.status else [], ConditionType.READY)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    run_figure("burst_dispatch", measure, args)
+    return exit_status(run_figure("burst_dispatch", measure, args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

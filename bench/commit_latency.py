@@ -11,7 +11,7 @@ syncs, the work queue reconciles (plan → approval → schedule → dispatch in
 the outbox), the outbox relay publishes, the bus delivers.
 
 Rounds are spaced: the next commit waits until the previous intent is Ready
-(its RunResult consumed and reconciled), then a quiet 0.3 s, so each round
+(its RunResult consumed and reconciled), then a quiet 0.1 s, so each round
 starts from an idle controller. Warm-up intents go first (see
 ``bench.common.running_controller``) and are not counted.
 """
@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from typing import Any
 
 from bench.common import (
     BENCH_AUTHOR,
     Harness,
+    exit_status,
     intent_files,
     intent_name,
     maybe_profile,
@@ -40,7 +42,7 @@ from bench.common import (
 FIGURE = "commit→RunRequest"
 TARGET_P50 = 0.5
 ROUNDS, QUICK_ROUNDS = 30, 8
-QUIET = 0.3
+QUIET = 0.1
 
 
 async def measure(setup_name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -86,17 +88,17 @@ async def rounds_on(harness: Harness, args: argparse.Namespace, *, first: int = 
             "warmup_s": harness.warmup_seconds,
             "notes": [
                 *harness.warmup_notes(),
-                "rounds spaced: the next commit waits for the previous intent to be Ready, then 0.3 s",
+                f"rounds spaced: the next commit waits for the previous intent to be Ready, then {QUIET:g} s",
             ],
         },
     }
     return seen.annotate(row)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    run_figure("commit_latency", measure, args)
+    return exit_status(run_figure("commit_latency", measure, args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -221,8 +221,9 @@ class Setup:
 
     def describe(self) -> str:
         if self.name == "embedded":
-            return "SQLite file + in-process bus"
-        return f"PostgreSQL {self.server} (schema {self.schema}) + RabbitMQ (prefix {self.prefix})"
+            return "SQLite file" + (" + in-process bus" if self.buses else "")
+        bus = f" + RabbitMQ (prefix {self.prefix})" if self.buses else ""
+        return f"PostgreSQL {self.server} (schema {self.schema}){bus}"
 
 
 @contextlib.asynccontextmanager
@@ -303,6 +304,75 @@ async def server_version(store: Store) -> str:
     return full.split()[0]
 
 
+# Counting what reaches the store -----------------------------------------------------------------
+
+WRITE_PREFIXES = (
+    "upsert_",
+    "write_",
+    "save_",
+    "record_",
+    "delete_",
+    "dispatch_",
+    "append_",
+    "enqueue_",
+    "mark_",
+    "add_",
+    "set_",
+)
+
+
+class StoreMeter:
+    """A thin proxy of a Store: counts calls of its public methods, and the transactions it opens.
+
+    Hand it to the code under test instead of the store. Transactions are
+    counted by wrapping ``_write``/``_read`` on this one store instance (every
+    public method opens its transaction through them); the product is not changed.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.calls: Counter[str] = Counter()
+        self.write_transactions = 0
+        self.read_transactions = 0
+        write, read = store._write, store._read
+
+        def counted_write() -> contextlib.AbstractAsyncContextManager[Any]:
+            self.write_transactions += 1
+            return write()
+
+        def counted_read() -> contextlib.AbstractAsyncContextManager[Any]:
+            self.read_transactions += 1
+            return read()
+
+        store._write = counted_write  # type: ignore[method-assign]
+        store._read = counted_read  # type: ignore[method-assign]
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.write_transactions = self.read_transactions = 0
+
+    def write_calls(self) -> dict[str, int]:
+        return {name: n for name, n in sorted(self.calls.items()) if name.startswith(WRITE_PREFIXES)}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "write_transactions": self.write_transactions,
+            "read_transactions": self.read_transactions,
+            "calls": dict(sorted(self.calls.items())),
+        }
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if name.startswith("_") or not callable(attribute):
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
 # The agent -----------------------------------------------------------------------------------
 
 
@@ -338,6 +408,7 @@ class Harness:
     agent: TimedAgent
     controller: Controller
     source: GitSource
+    meter: StoreMeter
     warmup_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     passes: int = 0  # reconcile passes run by the controller's work queue
@@ -377,10 +448,12 @@ async def running_controller(setup: Setup, *, syntax_check: bool = True) -> Asyn
     shutil.copytree(ROOT / "examples" / "homelab-infra", infra)
     copied = time.monotonic()
     repo = await GitRepo.init(setup.tmp / "intents")
-    source = GitSource(SourceConfig(str(repo.path), setup.tmp / "checkout"), setup.store)
-    controller = Controller(setup.store, await setup.bus(), source, Planner(infra, syntax_check=syntax_check))
+    meter = StoreMeter(setup.store)
+    store: Store = meter  # type: ignore[assignment]  # a counting proxy of the Store
+    source = GitSource(SourceConfig(str(repo.path), setup.tmp / "checkout"), store)
+    controller = Controller(store, await setup.bus(), source, Planner(infra, syntax_check=syntax_check))
     agent = TimedAgent(await setup.bus())
-    harness = Harness(setup, repo, agent, controller, source)
+    harness = Harness(setup, repo, agent, controller, source, meter)
     _instrument(harness)
     lost = asyncio.Event()
     leading = asyncio.create_task(controller.lead(1, lost), name="controller")
@@ -567,12 +640,15 @@ def run_figure(module: str, measure: Measure, args: argparse.Namespace) -> list[
         for handler in root.handlers:
             handler.addFilter(_console_filter)
     root.addHandler(LOG_WATCH)
-    if args.setup == "both":
-        rows = []
-        for setup in SETUPS:
-            rows.extend(run_child(module, setup, args))
-    else:
-        result = asyncio.run(_guarded(measure(args.setup, args)))
+    try:
+        if args.setup == "both":
+            rows = run_children(module, SETUPS, args)
+        else:
+            result = asyncio.run(_guarded(measure(args.setup, args)))
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM (see _guarded)
+        print(f"bench: {module} ({args.setup}) interrupted; cleaned up", file=sys.stderr)
+        sys.exit(130)
+    if args.setup != "both":
         rows = result if isinstance(result, list) else [result]
     for row in rows:
         print(format_row(row))
@@ -598,38 +674,79 @@ async def _guarded(work: Awaitable[Any]) -> Any:
 def run_child(
     module: str, setup: str, args: argparse.Namespace, *, extra: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
-    """``python -m bench.<module> --setup <setup>`` in a session of its own; return its rows.
+    """``python -m bench.<module> --setup <setup>`` in a session of its own; return its rows."""
+    return run_children(module, [setup], args, extra=extra)
 
-    Ctrl-C reaches only this process; it forwards one SIGINT to the child and
-    waits while the child cleans up (a second Ctrl-C here stops waiting).
+
+def run_children(
+    module: str, setups: Sequence[str], args: argparse.Namespace, *, extra: Sequence[str] = (), jobs: int = 1
+) -> list[dict[str, Any]]:
+    """One ``python -m bench.<module> --setup <setup>`` per setup, ``jobs`` at a time; their rows in order.
+
+    Each child runs in a session of its own, so Ctrl-C reaches only this
+    process; it forwards one SIGINT to every running child and waits while they
+    clean up (a second Ctrl-C stops waiting and kills them).
     """
-    with tempfile.TemporaryDirectory(prefix="chiffon-bench-out-") as scratch:
-        out = Path(scratch) / "rows.json"
-        command = [sys.executable, "-m", f"bench.{module}", "--setup", setup, "--json", str(out), *extra]
-        if args.quick:
-            command.append("--quick")
-        if args.count is not None:
-            command += ["--count", str(args.count)]
-        if args.verbose:
-            command.append("--verbose")
-        child = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, text=True)
+    with tempfile.TemporaryDirectory(prefix="chiffon-bench-out-") as scratch, _sigterm_interrupts():
+        pending = list(enumerate(setups))
+        running: list[tuple[int, str, subprocess.Popen[bytes], Path, Path]] = []
+        finished: dict[int, list[dict[str, Any]]] = {}
         try:
-            stdout, _ = child.communicate()
+            while pending or running:
+                while pending and len(running) < max(1, jobs):
+                    index, setup = pending.pop(0)
+                    out, log = Path(scratch) / f"rows-{index}.json", Path(scratch) / f"stdout-{index}.txt"
+                    command = [sys.executable, "-m", f"bench.{module}", "--setup", setup, "--json", str(out)]
+                    command += [*extra, *(["--quick"] if args.quick else [])]
+                    command += [*(["--count", str(args.count)] if args.count is not None else [])]
+                    command += [*(["--verbose"] if args.verbose else [])]
+                    with log.open("wb") as stdout:
+                        child = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=stdout)
+                    running.append((index, setup, child, out, log))
+                index, setup, child, out, log = running[0]
+                child.wait()
+                running.pop(0)
+                # The child printed its own rows; pass on anything else it said.
+                for line in log.read_text(errors="replace").splitlines():
+                    if not line.startswith("│"):
+                        print(line)
+                if child.returncode != 0 or not out.exists():
+                    finished[index] = [failed_row(module, setup, f"exited with status {child.returncode}")]
+                else:
+                    finished[index] = list(json.loads(out.read_text())["rows"])
         except KeyboardInterrupt:
-            print(f"\nbench: interrupted; waiting for {module} ({setup}) to clean up…", file=sys.stderr)
-            child.send_signal(signal.SIGINT)
-            child.wait(timeout=120)
+            print("\nbench: interrupted; waiting for the running benchmarks to clean up…", file=sys.stderr)
+            for _, _, child, _, _ in running:
+                child.send_signal(signal.SIGINT)
+            for _, _, child, _, _ in running:
+                child.wait(timeout=120)
             raise
         finally:
-            if child.poll() is None:
-                child.kill()
-        # The child printed its own rows; pass on anything else it said (notes, warnings).
-        for line in stdout.splitlines():
-            if not line.startswith("│"):
-                print(line)
-        if child.returncode != 0 or not out.exists():
-            return [failed_row(module, setup, f"exited with status {child.returncode}")]
-        return list(json.loads(out.read_text())["rows"])
+            for _, _, child, _, _ in running:
+                if child.poll() is None:
+                    child.kill()
+        return [row for index in sorted(finished) for row in finished[index]]
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While waiting for children, SIGTERM is handled like Ctrl-C: they get to clean up."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def exit_status(rows: Sequence[dict[str, Any]]) -> int:
+    """0: every figure met its target; 1: one missed it; 2: one could not be measured."""
+    if any(row["measured"] is None for row in rows):
+        return 2
+    return 0 if all(row["pass"] for row in rows) else 1
 
 
 def failed_row(figure: str, setup: str, why: str) -> dict[str, Any]:

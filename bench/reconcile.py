@@ -2,15 +2,15 @@
 
     python -m bench.reconcile [--quick] [--setup embedded|distributed|both]
 
-Per setup it starts two child processes, one after the other:
+Each setup runs in a child process of its own, one after the other, which
+measures, each on a fresh database (a new SQLite file, a new PostgreSQL schema):
 
-1. a controller session: one leading controller and recording agent, warmed
-   up once, measuring figure 1 (commit → RunRequest) and then figure 2 (a
-   burst of intents in one commit) on it — what ``python -m
-   bench.commit_latency`` and ``python -m bench.burst_dispatch`` measure,
-   without paying for a second start and warm-up;
-2. ``python -m bench.resync`` — figure 3 in a fresh process, so its RSS is
-   its own.
+1. figure 3 first (``bench.resync``), so the process's peak RSS is that of the
+   resync and its initial load, not of the controller session after it;
+2. then one leading controller and recording agent, warmed up once, measuring
+   figure 1 (``bench.commit_latency``: commit → RunRequest) and then figure 2
+   (``bench.burst_dispatch``: a burst of intents in one commit) on it — what
+   the separate commands measure, without a second start and warm-up.
 
 Exit status: 0 when every figure met its target, 1 when one missed, 2 when one
 could not be measured.
@@ -25,18 +25,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import burst_dispatch, commit_latency
+from bench import burst_dispatch, commit_latency, resync
 from bench.common import (
     RESULTS_DIR,
     SETUPS,
     describe_machine,
+    exit_status,
     format_row,
     load_average,
     machine,
     now_iso,
     open_setup,
     parser,
-    run_child,
+    run_children,
     run_figure,
     running_controller,
 )
@@ -45,21 +46,30 @@ RESULTS_FILE = RESULTS_DIR / "reconcile-latest.json"
 HEADER = f"│ {'figure':<18} {'setup':<12} {'measured':<52} {'target':<22} result"
 
 
-async def controller_session(setup_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Figures 1 and 2 on one controller: rounds of single commits, then the burst."""
+async def session(setup_name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Figure 3, then figures 1 and 2 on one controller (rounds of single commits, then the burst)."""
+    figure_args = argparse.Namespace(**{**vars(args), "count": None, "profile": None})
+    rows = [await resync.measure(setup_name, figure_args)]
     rounds = commit_latency.QUICK_ROUNDS if args.quick else commit_latency.ROUNDS
-    figure_args = argparse.Namespace(**{**vars(args), "count": None})
     async with open_setup(setup_name) as setup, running_controller(setup) as harness:
-        latency = await commit_latency.rounds_on(harness, figure_args)
-        burst = await burst_dispatch.burst_on(harness, figure_args, first=rounds + 1)
-    return [latency, burst]
+        rows.append(await commit_latency.rounds_on(harness, figure_args))
+        rows.append(await burst_dispatch.burst_on(harness, figure_args, first=rounds + 1))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     command = parser(__doc__.splitlines()[0])
     command.add_argument("--session", action="store_true", help=argparse.SUPPRESS)  # the child of step 1
     command.add_argument("--output", type=Path, default=RESULTS_FILE, help="where to write the results")
+    command.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="setups to run at once (default: 2 with --quick, to stay under a minute; 1 otherwise)",
+    )
     args = command.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = 2 if args.quick else 1
     if args.session:
         return _session_child(args)
 
@@ -67,13 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Chiffon reconcile benchmarks{' (--quick)' if args.quick else ''}, {now_iso()}")
     print(f"machine: {describe_machine(info)}")
     started = time.monotonic()
-    rows: list[dict[str, Any]] = []
     setups = SETUPS if args.setup == "both" else (args.setup,)
+    if args.jobs > 1:
+        print(
+            f"note: --jobs {args.jobs}: the setups run at the same time and share the CPUs, which can "
+            "inflate the timings; for figures to quote, run with --jobs 1"
+        )
     try:
-        for setup in setups:
-            session = argparse.Namespace(**{**vars(args), "count": None})
-            rows += run_child("reconcile", setup, session, extra=["--session"])
-            rows += run_child("resync", setup, session)
+        child = argparse.Namespace(**{**vars(args), "count": None})
+        rows = run_children("reconcile", setups, child, extra=["--session"], jobs=args.jobs)
     except KeyboardInterrupt:
         print("bench: interrupted; nothing written", file=sys.stderr)
         return 130
@@ -93,19 +105,18 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "machine": info,
         "elapsed_s": round(elapsed, 1),
+        "jobs": args.jobs,
         "rows": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {args.output}")
-    if any(row["measured"] is None for row in rows):
-        return 2
-    return 0 if all(row["pass"] for row in rows) else 1
+    return exit_status(rows)
 
 
 def _session_child(args: argparse.Namespace) -> int:
-    """``--session --setup X --json out``: figures 1 and 2 on one controller, rows to ``out``."""
-    run_figure("reconcile", controller_session, args)
+    """``--session --setup X --json out``: the three figures on one setup, rows to ``out``."""
+    run_figure("reconcile", session, args)
     return 0
 
 

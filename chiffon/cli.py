@@ -303,7 +303,7 @@ async def open_agent_bus(settings: Settings) -> Bus:
             "an agent on its own needs RabbitMQ: set CHIFFON_BROKER_URL (or broker_url in chiffon.yaml); "
             "`chiffon up` runs both agents in process without one"
         )
-    return await open_message_bus(settings)
+    return await open_message_bus(settings, wait=True)  # a broker outage at start is waited out
 
 
 def _banner(settings: Settings, infra: Path) -> None:

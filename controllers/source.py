@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 
 from chiffon.controllers.manager import sleep_until
@@ -33,6 +33,7 @@ INTENT_SUFFIXES = (".yaml", ".yml")
 SOURCE_ACTOR = "git-source"
 RESYNC_INTERVAL_SECONDS = 300.0
 MAX_BACKOFF_SECONDS = 300.0
+STATUS_REFRESH = timedelta(minutes=1)
 
 ChangeCallback = Callable[[Sequence[str]], Awaitable[None]]
 
@@ -117,6 +118,14 @@ def plan_sync(
     return SyncPlan(upserts=upserts, prunes=prunes, unchanged=unchanged)
 
 
+def status_worth_writing(saved: SourceStatus | None, status: SourceStatus, now: datetime) -> bool:
+    """A resync that changed nothing writes nothing; the sync time is refreshed once a minute."""
+    if saved is None or saved.last_sync_at is None:
+        return True
+    unchanged = saved.model_copy(update={"last_sync_at": status.last_sync_at}) == status
+    return not unchanged or now - saved.last_sync_at >= STATUS_REFRESH
+
+
 def revision_for(want: DesiredIntent, have: SourceRef | None, head: str) -> str:
     """The commit an intent was last changed in, as far as this source has seen."""
     return have.revision if have is not None and have.blob == want.blob else head
@@ -172,6 +181,7 @@ class GitSource:
         self._wake = asyncio.Event()
         self._parsed: dict[str, ParseResult] = {}
         self._last_errors: list[FileError] = []
+        self._saved: SourceStatus | None = None
         self.repo = GitRepo(config.checkout_dir if config.is_remote else Path(config.location))
 
     # Where to read ---------------------------------------------------------------------
@@ -235,7 +245,7 @@ class GitSource:
             result = await self.store.upsert_intent(want.intent, ref, now=self._clock())
             report.results.append(result)
             await self._audit_upsert(want, result, author)
-        report.pruned = await self.store.delete_intents(plan.prunes)
+        report.pruned = await self.store.delete_intents(plan.prunes) if plan.prunes else []
         for name in report.pruned:
             await self._audit("intent.pruned", name, author, revision, {"path": known[name].path})
         await self._audit_errors(errors, revision)
@@ -323,20 +333,23 @@ class GitSource:
                 for path in await self.repo.uncommitted_files(self.config.path)
                 if is_intent_file(path, self.config.path)
             ]
-        await self.store.save_source_status(
-            SourceStatus(
-                name=self.config.name,
-                url=self.config.location,
-                branch=self.config.branch or "(default)",
-                path=self.config.path,
-                revision=revision,
-                last_sync_at=self._clock(),
-                last_error=error,
-                intents=intents,
-                file_errors=errors,
-                uncommitted=uncommitted,
-            )
+        now = self._clock()
+        status = SourceStatus(
+            name=self.config.name,
+            url=self.config.location,
+            branch=self.config.branch or "(default)",
+            path=self.config.path,
+            revision=revision,
+            last_sync_at=now,
+            last_error=error,
+            intents=intents,
+            file_errors=errors,
+            uncommitted=uncommitted,
         )
+        if not status_worth_writing(self._saved, status, now):
+            return
+        await self.store.save_source_status(status)
+        self._saved = status
 
     def subscribe(self, listener: ChangeCallback) -> None:
         """Call ``listener`` with the names of intents that changed after every sync."""

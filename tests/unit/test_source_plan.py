@@ -93,3 +93,18 @@ def test_a_name_defined_twice_is_an_error_on_the_later_file() -> None:
     assert (
         len(errors) == 1 and errors[0].path == "b.yaml" and "already defined in a.yaml" in errors[0].message
     )
+
+
+def test_source_status_is_written_only_when_it_changed_or_once_a_minute() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from chiffon.controllers.source import status_worth_writing
+    from chiffon.resources import SourceStatus
+
+    then = datetime(2026, 1, 1, tzinfo=UTC)
+    saved = SourceStatus(name="intents", url="/r", branch="main", revision="a", last_sync_at=then)
+    same = saved.model_copy(update={"last_sync_at": then + timedelta(seconds=5)})
+    assert status_worth_writing(None, saved, then)
+    assert not status_worth_writing(saved, same, then + timedelta(seconds=5))
+    assert status_worth_writing(saved, same.model_copy(update={"revision": "b"}), then + timedelta(seconds=5))
+    assert status_worth_writing(saved, same, then + timedelta(seconds=61))
