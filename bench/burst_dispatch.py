@@ -28,6 +28,7 @@ from bench.common import (
     observed,
     open_setup,
     parser,
+    percentile,
     run_figure,
     running_controller,
 )
@@ -50,42 +51,57 @@ async def burst_on(harness: Harness, args: argparse.Namespace, *, first: int = 1
     files = intent_files(names)
     # Generous limits: the figure is what it is, the run only has to end.
     within = max(120.0, count * 1.0)
+    notes: list[str] = []
     passes_before = harness.passes
     harness.meter.reset()
     cpu_before = time.process_time()
+    dispatched: float | None = None
+    ready: float | None = None
     with observed() as seen, maybe_profile(args.profile):
         syncs_before = len(harness.syncs)
         await harness.repo.commit(files, f"add {count} intents", BENCH_AUTHOR)
         committed = time.monotonic()
-        await harness.agent.wait_for(names, within=within)
-        arrivals = [harness.agent.arrivals[name] - committed for name in names]
-        dispatched = max(arrivals)
-        await harness.wait_ready(names, within=within)
-        ready = time.monotonic() - committed
+        try:
+            await harness.agent.wait_for(names, within=within)
+            dispatched = max(harness.agent.arrivals[name] for name in names) - committed
+        except TimeoutError:
+            notes.append(f"gave up waiting for RunRequests after {within:g}s")
+        if dispatched is not None:
+            try:
+                await harness.wait_ready(names, within=within)
+                ready = time.monotonic() - committed
+            except TimeoutError:
+                notes.append(f"gave up waiting for every intent to be Ready after {within:g}s")
     cpu = time.process_time() - cpu_before
     store_use = harness.meter.snapshot()
     passes = harness.passes - passes_before
+    received = harness.agent.arrivals
+    arrivals = sorted(received[name] - committed for name in names if name in received)
     synced = [(at - committed, changed) for at, changed in harness.syncs[syncs_before:]]
     wanted = set(names)
-    ready_in_store = sum(
-        1
-        for intent in await harness.setup.store.list_intents()
-        if intent.metadata.name in wanted and _ready(intent)
-    )
+    stored = await harness.setup.store.list_intents()
+    ready_in_store = sum(1 for intent in stored if intent.metadata.name in wanted and _ready(intent))
     distributed = harness.setup.name == "distributed"
+    shown_ready = f"{ready:.2f}s" if ready is not None else f"not within {within:g}s ({ready_in_store} Ready)"
+    summary = (
+        f"{count} RunRequests {dispatched:.2f}s; all Ready {shown_ready}"
+        if dispatched is not None
+        else f"{len(arrivals)} of {count} RunRequests in {within:g}s"
+    )
     row = {
         "figure": FIGURE,
         "setup": harness.setup.name,
-        "summary": f"{count} RunRequests {dispatched:.2f}s; all Ready {ready:.2f}s",
+        "summary": summary,
         "target": f"dispatch ≤ {TARGET_SECONDS:g} s" if distributed else "(information)",
-        "pass": dispatched <= TARGET_SECONDS if distributed else True,
+        "pass": (dispatched is not None and dispatched <= TARGET_SECONDS) if distributed else True,
         "measured": {
             "intents": count,
             "dispatch_all_s": dispatched,
-            "first_request_s": min(arrivals),
-            "half_requests_s": sorted(arrivals)[len(arrivals) // 2],
             "all_ready_s": ready,
             "sync_done_s": synced[0][0] if synced else None,
+            "requests_at_percent_s": {
+                str(q): round(percentile(arrivals, q), 3) for q in (0, 10, 50, 90, 100) if arrivals
+            },
             "dispatch_rate_per_s": count / dispatched if dispatched else None,
         },
         "details": {
@@ -104,8 +120,10 @@ async def burst_on(harness: Harness, args: argparse.Namespace, *, first: int = 1
             "notes": [
                 *harness.warmup_notes(),
                 "one commit of all files; times from the commit call's return",
-                f"process CPU {cpu:.1f}s over the {ready:.1f}s to all Ready "
-                f"({cpu / ready:.0%} of one core); {passes} reconcile passes",
+                f"process CPU {cpu:.1f}s while measured; {passes} reconcile passes; "
+                f"{store_use['write_transactions']} write + {store_use['read_transactions']} read "
+                "store transactions",
+                *notes,
             ],
         },
     }
@@ -113,7 +131,7 @@ async def burst_on(harness: Harness, args: argparse.Namespace, *, first: int = 1
 
 
 def _ready(intent: DeploymentIntent) -> bool:
-    return is_condition_true(intent.status.conditions if intent.status else [], ConditionType.READY)
+    return bool(is_condition_true(intent.status.conditions if intent.status else [], ConditionType.READY))
 
 
 def main(argv: list[str] | None = None) -> int:

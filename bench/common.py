@@ -42,10 +42,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python -m bench.x` from elsewhere, or `python bench/x.py`
+if str(ROOT) not in sys.path:  # for `tests.agentsim` when bench was found through PYTHONPATH
     sys.path.insert(0, str(ROOT))
 
 from chiffon.bus import Bus, Delivery, open_bus  # noqa: E402
@@ -276,9 +276,9 @@ async def _delete_queues(setup: Setup) -> None:
         declared |= set(getattr(bus, "_declared", set()))
         with _warn_on_failure("close a bus"):
             await bus.close()
-    if setup.name != "distributed" or not declared:
+    if not declared:
         return
-    cleaner = open_bus(AMQP_URL, prefix=setup.prefix)
+    cleaner = open_bus(AMQP_URL if setup.name == "distributed" else None, prefix=setup.prefix)
     with _warn_on_failure(f"delete queues {sorted(declared)}"):
         await cleaner.connect()
         try:
@@ -449,7 +449,7 @@ async def running_controller(setup: Setup, *, syntax_check: bool = True) -> Asyn
     copied = time.monotonic()
     repo = await GitRepo.init(setup.tmp / "intents")
     meter = StoreMeter(setup.store)
-    store: Store = meter  # type: ignore[assignment]  # a counting proxy of the Store
+    store = cast(Store, meter)  # the counting proxy stands in for the Store
     source = GitSource(SourceConfig(str(repo.path), setup.tmp / "checkout"), store)
     controller = Controller(store, await setup.bus(), source, Planner(infra, syntax_check=syntax_check))
     agent = TimedAgent(await setup.bus())

@@ -167,7 +167,15 @@ def check_listen_address(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, context: ServerContext, loops: list[NamedLoop]) -> None:
+    """Serve the API and run the loops; on SIGINT/SIGTERM stop both and let the loops drain."""
     import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn would re-raise the signal after serving, killing the process before
+            # the controller drains and the agents say goodbye; we handle signals below.
+            yield
 
     config = uvicorn.Config(
         create_app(context),
@@ -177,8 +185,16 @@ async def _serve(settings: Settings, context: ServerContext, loops: list[NamedLo
         log_level=settings.log_level.lower(),
         access_log=False,
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     stop = asyncio.Event()
+
+    def request_stop() -> None:
+        server.should_exit = True
+        stop.set()
+
+    running = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        running.add_signal_handler(signum, request_stop)
     manager = asyncio.create_task(Manager(loops).run(stop), name="manager")
     try:
         await server.serve()

@@ -270,7 +270,7 @@ class IntentReconciler:
 
     async def schedule(self, state: Pass) -> Result | None:
         assert state.plan is not None
-        state.progress = progress(state.plan, state.generation, state.runs)
+        state.progress = current_progress(state)
         if state.progress.done or state.progress.in_flight is not None:
             return None
         self._check_retries(state, state.progress)
@@ -370,7 +370,7 @@ class IntentReconciler:
 
     async def observe(self, state: Pass) -> Result | None:
         assert state.plan is not None
-        current = state.progress or progress(state.plan, state.generation, state.runs)
+        current = state.progress or current_progress(state)
         if current.done:
             newly = state.status.last_applied_digest != state.plan.digest
             state.status.last_applied_digest = state.plan.digest
@@ -408,6 +408,16 @@ class IntentReconciler:
                 details=details,
             )
         )
+
+
+def current_progress(state: Pass) -> Progress:
+    """Where the plan stands. A plan whose digest was already applied has nothing left to run:
+    a new generation that changes nothing that decides the run (a label, the approval
+    policy) does not run the playbooks again."""
+    assert state.plan is not None
+    if state.status.last_applied_digest == state.plan.digest:
+        return Progress(None, 0, None, None)
+    return progress(state.plan, state.generation, state.runs)
 
 
 def build_run(state: Pass, index: int, attempt: int, agent_id: str) -> tuple[Run, RunRequest]:

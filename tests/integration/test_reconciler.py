@@ -389,3 +389,22 @@ async def test_result_consumer_is_idempotent(world: World) -> None:
 
 async def test_deleted_intent_reconciles_to_nothing(world: World) -> None:
     assert await world.reconcile("ghost") == Result()
+
+
+async def test_a_new_generation_with_an_applied_digest_runs_nothing(world: World) -> None:
+    await world.put(intent_text("kuma", approval="Auto"))
+    await world.heartbeat()
+    await world.reconcile("kuma")
+    [request] = await world.outbox_requests()
+    await world.finish(request.run_id)
+    await world.reconcile("kuma")
+    # Only the approval policy changes: a new generation, the same plan digest.
+    await world.put(
+        intent_text("kuma", approval="Auto").replace("approval: Auto", "approval: Auto\n  priority: High"),
+        blob="b2",
+    )
+    assert await world.reconcile("kuma") == Result()
+    kuma = await world.store.get_intent("kuma")
+    assert kuma is not None and kuma.metadata.generation == 2
+    assert await world.condition("kuma", "Ready") == ("True", "Applied")
+    assert len(await world.outbox_requests()) == 1
