@@ -53,7 +53,9 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy async URL; SQLite in home if unset"
     )
     broker_url: str | None = Field(default=None, description="amqp:// URL; in-process bus if unset")
-    bus_prefix: str = Field(default="", max_length=100, description="prefix for queue names on a shared broker")
+    bus_prefix: str = Field(
+        default="", max_length=100, description="prefix for queue names on a shared broker"
+    )
     intents_repo: str | None = Field(default=None, description="local path or git URL of the intents repo")
     intents_branch: str | None = Field(
         default=None, description="branch to read; default: the checked-out or the remote's default branch"
