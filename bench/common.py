@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -124,6 +125,39 @@ def proc_status_kib(field_name: str) -> int:
                 return int(line.split()[1])
     # Not Linux: ru_maxrss is the peak (KiB on Linux, bytes on macOS).
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+class GcPauses:
+    """The cyclic garbage collector's pauses during a block, by generation (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[int, float] = {}
+        self.count: Counter[int] = Counter()
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.seconds[generation] = self.seconds.get(generation, 0.0) + time.perf_counter() - self._started
+            self.count[info["generation"]] += 1
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "total_s": round(sum(self.seconds.values()), 3),
+            "by_generation": {
+                str(g): {"collections": self.count[g], "seconds": round(self.seconds[g], 3)}
+                for g in sorted(self.count)
+            },
+        }
 
 
 class RssSampler:
@@ -541,16 +575,17 @@ async def _until(check: Callable[[], Awaitable[bool]], *, within: float, what: s
 Measure = Callable[[str, argparse.Namespace], Awaitable[Any]]  # a row, or a list of rows
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, *, one_figure: bool = True) -> argparse.ArgumentParser:
     parsed = argparse.ArgumentParser(description=description)
     parsed.add_argument("--quick", action="store_true", help="small counts, for a CI smoke run")
     parsed.add_argument("--setup", choices=[*SETUPS, "both"], default="both")
-    parsed.add_argument("--count", type=int, default=None, help="override the number of intents/repeats")
     parsed.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parsed.add_argument(
-        "--profile", type=Path, default=None, help="cProfile the measured part; write stats here (one setup)"
-    )
-    parsed.add_argument("-v", "--verbose", action="store_true")
+    parsed.add_argument("-v", "--verbose", action="store_true", help="show the product's logs")
+    if one_figure:
+        parsed.add_argument("--count", type=int, default=None, help="override the number of intents/rounds")
+        parsed.add_argument(
+            "--profile", type=Path, default=None, help="cProfile the measured part into FILE (one --setup)"
+        )
     return parsed
 
 
@@ -698,7 +733,8 @@ def run_children(
                     out, log = Path(scratch) / f"rows-{index}.json", Path(scratch) / f"stdout-{index}.txt"
                     command = [sys.executable, "-m", f"bench.{module}", "--setup", setup, "--json", str(out)]
                     command += [*extra, *(["--quick"] if args.quick else [])]
-                    command += [*(["--count", str(args.count)] if args.count is not None else [])]
+                    count = getattr(args, "count", None)
+                    command += [*(["--count", str(count)] if count is not None else [])]
                     command += [*(["--verbose"] if args.verbose else [])]
                     with log.open("wb") as stdout:
                         child = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=stdout)

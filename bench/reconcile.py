@@ -58,7 +58,7 @@ async def session(setup_name: str, args: argparse.Namespace) -> list[dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    command = parser(__doc__.splitlines()[0])
+    command = parser(__doc__.splitlines()[0], one_figure=False)
     command.add_argument("--session", action="store_true", help=argparse.SUPPRESS)  # the child of step 1
     command.add_argument("--output", type=Path, default=RESULTS_FILE, help="where to write the results")
     command.add_argument(
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             "inflate the timings; for figures to quote, run with --jobs 1"
         )
     try:
-        child = argparse.Namespace(**{**vars(args), "count": None})
-        rows = run_children("reconcile", setups, child, extra=["--session"], jobs=args.jobs)
+        rows = run_children("reconcile", setups, args, extra=["--session"], jobs=args.jobs)
     except KeyboardInterrupt:
         print("bench: interrupted; nothing written", file=sys.stderr)
         return 130
@@ -95,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     for row in rows:
         print(format_row(row))
+    shown: set[tuple[str, str]] = set()
     for row in rows:
         for note in row.get("details", {}).get("notes", []):
-            print(f"  · {row['figure']} / {row['setup']}: {note}")
+            if (row["setup"], note) not in shown:
+                shown.add((row["setup"], note))
+                print(f"  · {row['setup']} / {row['figure']}: {note}")
     print(f"total {elapsed:.1f}s")
 
     report = {

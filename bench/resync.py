@@ -33,6 +33,7 @@ from typing import Any, cast
 
 from bench.common import (
     BENCH_AUTHOR,
+    GcPauses,
     RssSampler,
     StoreMeter,
     exit_status,
@@ -112,7 +113,7 @@ async def measure(setup_name: str, args: argparse.Namespace) -> dict[str, Any]:
         before = await row_versions(setup.store)
         counting.reset()
         cpu_before = time.process_time()
-        with observed() as seen, RssSampler() as rss, maybe_profile(args.profile):
+        with observed() as seen, GcPauses() as gc_pauses, RssSampler() as rss, maybe_profile(args.profile):
             report, resync_s = await timed(source.sync)
         cpu = time.process_time() - cpu_before
         calls, writes, reads = counting.write_calls(), counting.write_transactions, counting.read_transactions
@@ -155,6 +156,7 @@ async def measure(setup_name: str, args: argparse.Namespace) -> dict[str, Any]:
                 "rss_after_mib": round(rss_after_mib, 1),
                 "process_peak_rss_mib": round(hwm_mib, 1),
                 "process_cpu_s": round(cpu, 3),
+                "gc_pauses": gc_pauses.summary(),
             },
             "details": {
                 "description": setup.describe(),
