@@ -57,12 +57,15 @@ class Controller:
         self.heartbeats = HeartbeatConsumer(store, on_capacity=self._capacity_appeared)
         self._capacity_event = asyncio.Event()
         self._ready: set[str] = set()
+        # name -> intents that depend on it; rebuilt after a sync, not on every Ready
+        self._dependents: dict[str, set[str]] | None = None
         source.subscribe(self._source_changed)
 
     def enqueue(self, name: str) -> None:
         self.queue.add(intent_key(name))
 
     async def _source_changed(self, names: Sequence[str]) -> None:
+        self._dependents = None
         for name in names:
             self.enqueue(name)
 
@@ -82,13 +85,21 @@ class Controller:
             intent.status.conditions if intent.status else [], ConditionType.READY
         )
         if ready and name not in self._ready:
-            for other in await self.store.list_intents():
-                if name in other.spec.depends_on:
-                    self.enqueue(other.metadata.name)
+            for dependent in sorted((await self._dependents_index()).get(name, ())):
+                self.enqueue(dependent)
         if ready:
             self._ready.add(name)
         else:
             self._ready.discard(name)
+
+    async def _dependents_index(self) -> dict[str, set[str]]:
+        if self._dependents is None:
+            index: dict[str, set[str]] = {}
+            for other in await self.store.list_intents():
+                for dependency in other.spec.depends_on:
+                    index.setdefault(dependency, set()).add(other.metadata.name)
+            self._dependents = index
+        return self._dependents
 
     # Leading ------------------------------------------------------------------------------
 
