@@ -210,6 +210,9 @@ def machine() -> dict[str, Any]:
     except AttributeError:
         usable = os.cpu_count() or 0
     git = subprocess.run(["git", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    head = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
     return {
         "nproc": usable,
         "cpu_model": model,
@@ -219,6 +222,7 @@ def machine() -> dict[str, Any]:
         "sqlite": sqlite3.sqlite_version,
         "git": git.removeprefix("git version "),
         "load_average_1_5_15": load_average(),
+        "chiffon_revision": head or "unknown",
     }
 
 
@@ -226,8 +230,8 @@ def describe_machine(info: dict[str, Any]) -> str:
     load = "/".join(f"{x:g}" for x in info.get("load_average_1_5_15", []))
     return (
         f"{info['nproc']} CPU x {info['cpu_model']}, {info['ram_gib']} GiB RAM, "
-        f"Linux {info['kernel']}, Python {info['python']}, SQLite {info['sqlite']}, git {info['git']}"
-        + (f"; load avg {load} at start" if load else "")
+        f"Linux {info['kernel']}, Python {info['python']}, SQLite {info['sqlite']}, git {info['git']}, "
+        f"Chiffon {info.get('chiffon_revision', '?')}" + (f"; load avg {load} at start" if load else "")
     )
 
 
