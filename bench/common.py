@@ -750,10 +750,10 @@ def run_children(
                 for line in log.read_text(errors="replace").splitlines():
                     if not line.startswith("│"):
                         print(line)
-                if child.returncode != 0 or not out.exists():
-                    finished[index] = [failed_row(module, setup, f"exited with status {child.returncode}")]
-                else:
+                if out.exists():  # measured (exit status 1 only says a target was missed)
                     finished[index] = list(json.loads(out.read_text())["rows"])
+                else:
+                    finished[index] = [failed_row(module, setup, f"exited with status {child.returncode}")]
         except KeyboardInterrupt:
             print("\nbench: interrupted; waiting for the running benchmarks to clean up…", file=sys.stderr)
             for _, _, child, _, _ in running:

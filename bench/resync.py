@@ -119,6 +119,7 @@ async def measure(setup_name: str, args: argparse.Namespace) -> dict[str, Any]:
         calls, writes, reads = counting.write_calls(), counting.write_transactions, counting.read_transactions
         changes = row_changes(before, await row_versions(setup.store))
         hwm_mib = proc_status_kib("VmHWM") / 1024
+        hwm_mb = hwm_mib * 1024 * 1024 / 1e6  # the target is in MB (10^6 bytes)
         rss_after_mib = proc_status_kib("VmRSS") / 1024
 
         cold: dict[str, Any] = {}
@@ -134,13 +135,13 @@ async def measure(setup_name: str, args: argparse.Namespace) -> dict[str, Any]:
         intent_rows_written = sum(
             sum(changes[table].values()) for table in ("resources", "resource_status", "audit_events")
         )
-        passed = resync_s <= TARGET_SECONDS and intent_rows_written == 0 and hwm_mib <= TARGET_RSS_MB
+        passed = resync_s <= TARGET_SECONDS and intent_rows_written == 0 and hwm_mb <= TARGET_RSS_MB
         row = {
             "figure": FIGURE,
             "setup": setup_name,
             "summary": (
                 f"{count}: {resync_s:.2f}s, {writes} write tx, {intent_rows_written} intent rows, "
-                f"RSS {hwm_mib:.0f} MiB"
+                f"RSS {hwm_mb:.0f} MB"
             ),
             "target": f"≤{TARGET_SECONDS:g}s, 0 rows, ≤{TARGET_RSS_MB:g}MB",
             "pass": passed,
@@ -155,6 +156,7 @@ async def measure(setup_name: str, args: argparse.Namespace) -> dict[str, Any]:
                 "peak_rss_during_resync_mib": round(rss.peak_kib / 1024, 1),
                 "rss_after_mib": round(rss_after_mib, 1),
                 "process_peak_rss_mib": round(hwm_mib, 1),
+                "process_peak_rss_mb": round(hwm_mb, 1),
                 "process_cpu_s": round(cpu, 3),
                 "gc_pauses": gc_pauses.summary(),
             },

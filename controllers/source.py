@@ -34,6 +34,7 @@ SOURCE_ACTOR = "git-source"
 RESYNC_INTERVAL_SECONDS = 300.0
 MAX_BACKOFF_SECONDS = 300.0
 STATUS_REFRESH = timedelta(minutes=1)
+WATCH_ARM_SECONDS = 1.0
 
 ChangeCallback = Callable[[Sequence[str]], Awaitable[None]]
 
@@ -364,6 +365,10 @@ class GitSource:
     async def run(self, stop: asyncio.Event) -> None:
         """Sync on every change (local checkout) or every poll interval (remote), until ``stop``."""
         watcher = None if self.config.is_remote else asyncio.create_task(self._watch_local(stop))
+        if watcher is not None:
+            # The watcher cannot say when it is armed; one catch-up sync shortly after start
+            # covers a commit that lands between the first sync and the watch taking effect.
+            asyncio.get_running_loop().call_later(WATCH_ARM_SECONDS, self.request_sync)
         interval = self.config.poll_interval if self.config.is_remote else self.config.resync_interval
         failures = 0
         try:
