@@ -48,7 +48,9 @@ def nvidia_smi() -> list[dict[str, str]]:
         check=True,
     ).stdout
     names = SMI_FIELDS.split(",")
-    return [dict(zip(names, (cell.strip() for cell in line.split(",")), strict=True)) for line in out.splitlines()]
+    return [
+        dict(zip(names, (cell.strip() for cell in line.split(",")), strict=True)) for line in out.splitlines()
+    ]
 
 
 def compare(ours: list[GpuInfo], smi: list[dict[str, str]]) -> list[str]:
@@ -63,7 +65,9 @@ def compare(ours: list[GpuInfo], smi: list[dict[str, str]]) -> list[str]:
         if gpu.uuid != row["uuid"]:
             problems.append(f"{where}: uuid {gpu.uuid!r} vs nvidia-smi {row['uuid']!r}")
         if gpu.memory_total_mib != int(row["memory.total"]):
-            problems.append(f"{where}: total {gpu.memory_total_mib} MiB vs nvidia-smi {row['memory.total']} MiB")
+            problems.append(
+                f"{where}: total {gpu.memory_total_mib} MiB vs nvidia-smi {row['memory.total']} MiB"
+            )
         if abs(gpu.memory_free_mib - int(row["memory.free"])) > FREE_TOLERANCE_MIB:
             problems.append(f"{where}: free {gpu.memory_free_mib} MiB vs nvidia-smi {row['memory.free']} MiB")
     return problems
@@ -86,7 +90,7 @@ def check_allocation(gib: float) -> tuple[list[str], dict[str, Any]]:
     a = torch.randn(8192, 8192, device="cuda:0", dtype=torch.bfloat16)
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
-        a @ a  # noqa: B018 - the work is the point
+        a @ a
     torch.cuda.synchronize()
     busy_utilisation = read_gpus()[0].utilization_percent
     del block, a
