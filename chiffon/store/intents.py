@@ -26,10 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -46,6 +46,7 @@ from chiffon.store.sqlutil import dialect_insert
 from chiffon.store.tables import ResourceRow, ResourceStatusRow
 
 KIND = "DeploymentIntent"
+T = TypeVar("T")
 # A row can vanish between "not found" and "insert conflicted" only if another
 # process created *and* deleted it meanwhile; a few retries settle that.
 _MAX_ATTEMPTS = 3
@@ -180,22 +181,7 @@ async def _insert(
     uid = str(uuid.uuid4())
     insert = await dialect_insert(session, ResourceRow)
     statement = (
-        insert.values(
-            uid=uid,
-            kind=KIND,
-            name=intent.metadata.name,
-            spec=spec,
-            spec_hash=digest,
-            labels=dict(intent.metadata.labels),
-            annotations=dict(intent.metadata.annotations),
-            generation=1,
-            source_name=source.source_name,
-            source_path=source.path,
-            source_blob=source.blob,
-            source_revision=source.revision,
-            created_at=now,
-            updated_at=now,
-        )
+        insert.values(**_new_row(uid, intent, spec, digest, source, now))
         .on_conflict_do_nothing(index_elements=["kind", "name"])
         .returning(ResourceRow.uid)
     )
@@ -270,15 +256,130 @@ async def _set_observed_revision(session: AsyncSession, uid: str, revision: str,
     await put_status(session, uid, status, now)
 
 
-async def put_status(session: AsyncSession, uid: str, status: IntentStatus, now: datetime) -> None:
-    """Insert or replace the status row of resource ``uid``."""
-    values = {
+def status_values(status: IntentStatus, now: datetime) -> dict[str, Any]:
+    """The status row's columns (less ``uid``) for ``status``."""
+    return {
         "status": status.model_dump(
             mode="json", by_alias=True, exclude_none=True, exclude=set(SOURCE_FIELDS)
         ),
         "observed_generation": status.observed_generation,
         "updated_at": now,
     }
+
+
+async def put_status(session: AsyncSession, uid: str, status: IntentStatus, now: datetime) -> None:
+    """Insert or replace the status row of resource ``uid``."""
+    await put_statuses(session, [(uid, status)], now)
+
+
+async def put_statuses(
+    session: AsyncSession, statuses: Sequence[tuple[str, IntentStatus]], now: datetime
+) -> None:
+    """Insert or replace the status rows of many resources with one statement."""
+    if not statuses:
+        return
+    rows = [{"uid": uid, **status_values(status, now)} for uid, status in statuses]
     insert = await dialect_insert(session, ResourceStatusRow)
-    statement = insert.values(uid=uid, **values).on_conflict_do_update(index_elements=["uid"], set_=values)
-    await session.execute(statement)
+    replace = {column: insert.excluded[column] for column in ("status", "observed_generation", "updated_at")}
+    await session.execute(insert.on_conflict_do_update(index_elements=["uid"], set_=replace), rows)
+
+
+async def lock_generations(session: AsyncSession, names: Sequence[str]) -> dict[str, tuple[str, int]]:
+    """name -> (uid, generation) of the named intents, share-locked until the transaction ends."""
+    found: dict[str, tuple[str, int]] = {}
+    for chunk in chunked(names):
+        statement = (
+            select(ResourceRow.name, ResourceRow.uid, ResourceRow.generation)
+            .where(ResourceRow.kind == KIND, ResourceRow.name.in_(chunk))
+            .with_for_update(read=True)
+        )
+        for name, uid, generation in (await session.execute(statement)).all():
+            found[name] = (uid, generation)
+    return found
+
+
+async def upsert_intents(
+    session: AsyncSession, items: Sequence[tuple[DeploymentIntent, SourceRef]], now: datetime
+) -> list[UpsertResult]:
+    """:func:`upsert_intent` for many intents, with a handful of statements instead of three each.
+
+    Existing rows are locked and read in one query, new ones inserted in one
+    statement; a name that another writer created meanwhile (its insert
+    conflicted) goes through the one-at-a-time path, which handles that race.
+    """
+    names = [intent.metadata.name for intent, _ in items]
+    existing: dict[str, ResourceRow] = {}
+    for chunk in chunked(names):
+        statement = (
+            select(ResourceRow).where(ResourceRow.kind == KIND, ResourceRow.name.in_(chunk)).with_for_update()
+        )
+        existing.update((row.name, row) for row in (await session.scalars(statement)).all())
+    results: dict[str, UpsertResult] = {}
+    new: list[tuple[DeploymentIntent, SourceRef]] = []
+    for intent, source in items:
+        row = existing.get(intent.metadata.name)
+        if row is None:
+            new.append((intent, source))
+            continue
+        spec = intent.spec_wire()
+        results[row.name] = await _update(session, row, intent, spec, spec_hash(spec), source, now)
+    created = await _insert_many(session, new, now)
+    for intent, source in new:
+        name = intent.metadata.name
+        if name in created:
+            results[name] = UpsertResult(name=name, outcome="created", generation=1, revision=source.revision)
+        else:
+            results[name] = await upsert_intent(session, intent, source, now)
+    return [results[name] for name in names]
+
+
+async def _insert_many(
+    session: AsyncSession, items: Sequence[tuple[DeploymentIntent, SourceRef]], now: datetime
+) -> set[str]:
+    """Insert new intent rows and their initial status; returns the names actually inserted."""
+    if not items:
+        return set()
+    rows = []
+    for intent, source in items:
+        spec = intent.spec_wire()
+        rows.append(_new_row(str(uuid.uuid4()), intent, spec, spec_hash(spec), source, now))
+    insert = await dialect_insert(session, ResourceRow)
+    statement = insert.on_conflict_do_nothing(index_elements=["kind", "name"]).returning(
+        ResourceRow.name, ResourceRow.uid
+    )
+    inserted = dict((await session.execute(statement, rows)).tuples().all())
+    sources = {intent.metadata.name: source for intent, source in items}
+    await put_statuses(
+        session, [(uid, initial_status(sources[name], now)) for name, uid in inserted.items()], now
+    )
+    return set(inserted)
+
+
+def _new_row(
+    uid: str, intent: DeploymentIntent, spec: dict[str, Any], digest: str, source: SourceRef, now: datetime
+) -> dict[str, Any]:
+    return {
+        "uid": uid,
+        "kind": KIND,
+        "name": intent.metadata.name,
+        "spec": spec,
+        "spec_hash": digest,
+        "labels": dict(intent.metadata.labels),
+        "annotations": dict(intent.metadata.annotations),
+        "generation": 1,
+        "source_name": source.source_name,
+        "source_path": source.path,
+        "source_blob": source.blob,
+        "source_revision": source.revision,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+#: Names per ``IN (...)``: under SQLite's old 999-variable limit with room to spare.
+CHUNK = 500
+
+
+def chunked(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]

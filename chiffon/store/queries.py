@@ -7,9 +7,11 @@ use ``ix_audit_events_service_time``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import aliased
 
 from chiffon.resources import Outcome
 from chiffon.store.tables import AuditEventRow, RunRow
@@ -52,3 +54,19 @@ def runs_select(*, intent: str | None = None, limit: int = 50) -> Select[tuple[R
     if intent is not None:
         statement = statement.where(RunRow.intent == intent)
     return statement.order_by(RunRow.created_at.desc(), RunRow.id.desc()).limit(limit)
+
+
+def runs_of_select(intents: Sequence[str], *, limit: int = 50) -> Select[tuple[RunRow]]:
+    """Each named intent's latest ``limit`` runs, newest first: one query for many intents."""
+    newest_first = (RunRow.created_at.desc(), RunRow.id.desc())
+    ranked = (
+        select(
+            RunRow, func.row_number().over(partition_by=RunRow.intent, order_by=newest_first).label("rank")
+        )
+        .where(RunRow.intent.in_(intents))
+        .subquery()
+    )
+    run = aliased(RunRow, ranked)
+    return (
+        select(run).where(ranked.c.rank <= limit).order_by(run.intent, run.created_at.desc(), run.id.desc())
+    )

@@ -8,9 +8,11 @@ and LLM usage rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, get_args
+
+from chiffon.resources import AuditEvent, IntentStatus, Run
 
 UpsertOutcome = Literal["created", "configured", "unchanged"]
 SuggestionStatus = Literal["open", "accepted", "dismissed", "implemented"]
@@ -39,6 +41,37 @@ class UpsertResult:
     outcome: UpsertOutcome
     generation: int
     revision: str
+
+
+@dataclass(frozen=True)
+class StatusWrite:
+    """An intent's new status, written only if its generation is still ``expected_generation``."""
+
+    name: str
+    status: IntentStatus
+    expected_generation: int | None = None
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A new run and the message that starts it; ``audit`` is recorded only if the run is new."""
+
+    run: Run
+    routing_key: str
+    body: bytes
+    audit: AuditEvent | None = None
+
+
+@dataclass
+class ReconcileWrites:
+    """Everything some reconcile passes decided to write, committed in one transaction."""
+
+    statuses: list[StatusWrite] = field(default_factory=list)
+    dispatches: list[Dispatch] = field(default_factory=list)
+    audits: list[AuditEvent] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.statuses or self.dispatches or self.audits)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ Connection failures inside either become :class:`StoreError`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -34,17 +34,18 @@ from chiffon.resources import (
     SourceStatus,
 )
 from chiffon.resources.messages import AnsibleEvent
-from chiffon.store import convert, intents, leader
+from chiffon.store import bulk, convert, intents, leader
 from chiffon.store.coltypes import NaiveDatetimeError
 from chiffon.store.engine import WRITE, make_engine, normalise_url
 from chiffon.store.errors import describe_url, is_connection_failure, store_error
 from chiffon.store.leader import LeaderLease, LeaderRecord
 from chiffon.store.migrate import current_revision, in_process_lock, schema_diff, upgrade_to_head
-from chiffon.store.queries import audit_select, runs_select
+from chiffon.store.queries import audit_select, runs_of_select, runs_select
 from chiffon.store.records import (
     SUGGESTION_STATUSES,
     LlmUsage,
     OutboxMessage,
+    ReconcileWrites,
     SourceRef,
     Suggestion,
     SuggestionStatus,
@@ -182,9 +183,39 @@ class Store:
         async with self._write() as session:
             return await intents.upsert_intent(session, intent, source, now or _utcnow())
 
+    async def upsert_intents(
+        self,
+        items: Sequence[tuple[DeploymentIntent, SourceRef]],
+        *,
+        now: datetime | None = None,
+        audit: Callable[[UpsertResult], AuditEvent | None] | None = None,
+    ) -> list[UpsertResult]:
+        """:meth:`upsert_intent` for many intents, in a few statements per transaction.
+
+        ``audit`` turns each result into the audit event to record with it (or
+        None), in the same transaction. Each chunk of names is its own
+        transaction, so a huge first import never holds the write lock for long.
+        """
+        results: list[UpsertResult] = []
+        for chunk in intents.chunked(items):
+            async with self._write() as session:
+                done = await intents.upsert_intents(session, chunk, now or _utcnow())
+                events = [event for result in done if audit and (event := audit(result)) is not None]
+                await bulk.insert_audits(session, events)
+            results.extend(done)
+        return results
+
     async def get_intent(self, name: str) -> DeploymentIntent | None:
         found = await self._load_intents(ResourceRow.name == name)
         return found[0] if found else None
+
+    async def get_intents(self, names: Iterable[str]) -> dict[str, DeploymentIntent]:
+        """The named intents that exist, by name."""
+        found: dict[str, DeploymentIntent] = {}
+        for chunk in intents.chunked(sorted(set(names))):
+            for intent in await self._load_intents(ResourceRow.name.in_(chunk)):
+                found[intent.metadata.name] = intent
+        return found
 
     async def list_intents(
         self, *, label_selector: Mapping[str, str] | None = None
@@ -252,6 +283,32 @@ class Store:
             await intents.put_status(session, row.uid, status, _utcnow())
             return True
 
+    async def commit_reconcile(self, writes: ReconcileWrites) -> set[str]:
+        """What reconcile passes decided, in one transaction; returns the ids of the runs created.
+
+        A status whose intent is gone or whose spec changed since it was read
+        (``expected_generation``) is skipped, as in :meth:`write_intent_status`;
+        a dispatch whose run already exists writes nothing (see :meth:`dispatch_run`).
+        """
+        if not writes:
+            return set()
+        now = _utcnow()
+        async with self._write() as session:
+            created = await bulk.dispatch_runs(session, writes.dispatches, now)
+            await bulk.insert_audits(session, writes.audits)
+            current = await intents.lock_generations(session, [w.name for w in writes.statuses])
+            await intents.put_statuses(
+                session,
+                [
+                    (current[w.name][0], w.status)
+                    for w in writes.statuses
+                    if w.name in current
+                    and (w.expected_generation is None or current[w.name][1] == w.expected_generation)
+                ],
+                now,
+            )
+        return created
+
     # -- sources -----------------------------------------------------------------------------
 
     async def save_source_status(self, status: SourceStatus) -> None:
@@ -312,6 +369,21 @@ class Store:
             session.add(row)
             await session.flush()
             return row.id
+
+    async def approvals_of(self, names: Iterable[str]) -> dict[str, list[Approval]]:
+        """:meth:`list_approvals` for many intents: name -> decisions, newest first."""
+        found: dict[str, list[Approval]] = {}
+        for chunk in intents.chunked(sorted(set(names))):
+            statement = (
+                select(ApprovalRow)
+                .where(ApprovalRow.intent.in_(chunk))
+                .order_by(ApprovalRow.created_at.desc(), ApprovalRow.id.desc())
+            )
+            async with self._read() as session:
+                rows = (await session.scalars(statement)).all()
+            for row in rows:
+                found.setdefault(row.intent, []).append(convert.model_from_row(Approval, row))
+        return found
 
     async def list_approvals(self, intent: str) -> list[Approval]:
         """Every approval or rejection of ``intent``, newest first."""
@@ -377,6 +449,16 @@ class Store:
         async with self._read() as session:
             rows = (await session.scalars(runs_select(intent=intent, limit=limit))).all()
         return [convert.model_from_row(Run, row) for row in rows]
+
+    async def runs_of(self, names: Iterable[str], *, limit: int = 50) -> dict[str, list[Run]]:
+        """:meth:`list_runs` for many intents: name -> its latest ``limit`` runs, newest first."""
+        found: dict[str, list[Run]] = {}
+        for chunk in intents.chunked(sorted(set(names))):
+            async with self._read() as session:
+                rows = (await session.scalars(runs_of_select(chunk, limit=limit))).all()
+            for row in rows:
+                found.setdefault(row.intent, []).append(convert.model_from_row(Run, row))
+        return found
 
     async def append_run_events(self, run_id: str, events: Sequence[AnsibleEvent]) -> int:
         """Store a run's events; an event whose ``seq`` is already stored is ignored.
@@ -513,25 +595,26 @@ class Store:
             rows = (await session.scalars(statement)).all()
         return [convert.outbox_from_row(row) for row in rows]
 
-    async def mark_outbox_published(self, message_id: str) -> None:
-        """The broker confirmed the message; it leaves the pending list."""
-        await self._touch_outbox(message_id, published=True)
+    async def mark_outbox_published(self, *message_ids: str) -> None:
+        """The broker confirmed these messages; they leave the pending list (one transaction)."""
+        await self._touch_outbox(*message_ids, published=True)
 
     async def mark_outbox_failed(self, message_id: str) -> None:
         """A publish attempt failed; the message stays pending with one more attempt counted."""
         await self._touch_outbox(message_id, published=False)
 
-    async def _touch_outbox(self, message_id: str, *, published: bool) -> None:
+    async def _touch_outbox(self, *message_ids: str, published: bool) -> None:
         changes: dict[str, Any] = {"attempts": OutboxRow.attempts + 1}
         if published:
             changes["published_at"] = _utcnow()
-        statement = (
-            update(OutboxRow)
-            .where(OutboxRow.message_id == message_id, OutboxRow.published_at.is_(None))
-            .values(**changes)
-        )
         async with self._write() as session:
-            await session.execute(statement, execution_options={"synchronize_session": False})
+            for chunk in intents.chunked(message_ids):
+                statement = (
+                    update(OutboxRow)
+                    .where(OutboxRow.message_id.in_(chunk), OutboxRow.published_at.is_(None))
+                    .values(**changes)
+                )
+                await session.execute(statement, execution_options={"synchronize_session": False})
 
     # -- suggestions -------------------------------------------------------------------------
 
@@ -626,6 +709,14 @@ class Store:
             raise ValueError(f"unknown table {table!r}; known: {', '.join(sorted(tables))}")
         async with self._read() as session:
             return int((await session.execute(select(func.count()).select_from(tables[table]))).scalar_one())
+
+    # -- agents, one at a time -----------------------------------------------------------------
+
+    async def get_agent(self, agent_id: str) -> Agent | None:
+        """One agent as its last heartbeat left it; None if it never reported."""
+        async with self._read() as session:
+            row = await session.get(AgentRow, agent_id)
+        return convert.model_from_row(Agent, row) if row is not None else None
 
 
 def _check_suggestion_status(status: str) -> str:
