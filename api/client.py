@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,8 @@ import httpx
 
 DEFAULT_SERVER = "http://127.0.0.1:8787"
 TIMEOUT_SECONDS = 60.0
+# A followed run sends a keep-alive every 15 s; four missed in a row means the stream is dead.
+STREAM_READ_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,17 @@ class ApiError(RuntimeError):
 
 class UnreachableError(RuntimeError):
     pass
+
+
+class StreamLostError(UnreachableError):
+    """A followed stream broke off (the server restarted, the network dropped)."""
+
+
+@dataclass(frozen=True)
+class ServerSentEvent:
+    event: str
+    data: dict[str, Any]
+    id: int | None = None
 
 
 def local_identity() -> str:
@@ -79,14 +94,17 @@ class ChiffonClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise UnreachableError(
-                f"cannot reach the Chiffon server at {self.server} ({reason}). "
-                "Start it with `chiffon up`, or point --server / CHIFFON_SERVER at it"
-            ) from None
+            raise self._unreachable(exc) from None
         if response.is_error:
             raise _api_error(response)
         return response.json()
+
+    def _unreachable(self, exc: httpx.TransportError) -> UnreachableError:
+        reason = str(exc) or type(exc).__name__
+        return UnreachableError(
+            f"cannot reach the Chiffon server at {self.server} ({reason}). "
+            "Start it with `chiffon up`, or point --server / CHIFFON_SERVER at it"
+        )
 
     # Resources ---------------------------------------------------------------------------
 
@@ -96,13 +114,7 @@ class ChiffonClient:
         return items
 
     def get_intent(self, name: str) -> dict[str, Any] | None:
-        try:
-            intent: dict[str, Any] = self.request("GET", f"/intents/{name}")
-            return intent
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self._get_or_none(f"/intents/{name}")
 
     def apply(self, files: list[tuple[str, str]], *, message: str | None, dry_run: bool) -> dict[str, Any]:
         body = {
@@ -129,6 +141,55 @@ class ChiffonClient:
         items: list[dict[str, Any]] = self.request("GET", "/runs", params=params)["items"]
         return items
 
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        return self._get_or_none(f"/runs/{run_id}")
+
+    def list_run_events(self, run_id: str, after: int = -1) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.request("GET", f"/runs/{run_id}/events", params={"after": after})[
+            "items"
+        ]
+        return items
+
+    def follow_run(self, run_id: str, after: int = -1) -> Iterator[ServerSentEvent]:
+        """The run's live stream (``GET /runs/{id}/stream``), resumed after event ``after``.
+
+        Raises :class:`StreamLostError` if the connection breaks off mid-stream.
+        """
+        timeout = httpx.Timeout(TIMEOUT_SECONDS, read=STREAM_READ_TIMEOUT_SECONDS)
+        headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
+        try:
+            with self._http.stream(
+                "GET", f"/runs/{run_id}/stream", headers=headers, timeout=timeout
+            ) as response:
+                if response.is_error:
+                    response.read()
+                    raise _api_error(response)
+                try:
+                    yield from parse_sse(response.iter_lines())
+                except httpx.TransportError as exc:
+                    raise StreamLostError(
+                        f"lost the stream of run {run_id} ({exc or type(exc).__name__})"
+                    ) from None
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def list_agents(self, **filters: Any) -> list[dict[str, Any]]:
+        params = {key: value for key, value in filters.items() if value is not None}
+        items: list[dict[str, Any]] = self.request("GET", "/agents", params=params)["items"]
+        return items
+
+    def get_agent(self, agent_id: str) -> dict[str, Any] | None:
+        return self._get_or_none(f"/agents/{agent_id}")
+
+    def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.request("GET", path)
+            return found
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def list_sources(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.request("GET", "/sources")["items"]
         return items
@@ -137,6 +198,27 @@ class ChiffonClient:
         params = {key: value for key, value in filters.items() if value is not None}
         items: list[dict[str, Any]] = self.request("GET", "/audit", params=params)["items"]
         return items
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[ServerSentEvent]:
+    """Server-Sent Events from a stream's lines: ``event``/``data``/``id`` fields, a blank line ends one.
+
+    Comments (``: keep-alive``) are skipped; ``data`` is one JSON object, as Chiffon sends it.
+    """
+    fields: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if "data" in fields:
+                event_id = fields.get("id", "")
+                yield ServerSentEvent(
+                    fields.get("event", "message"),
+                    json.loads(fields["data"]),
+                    int(event_id) if event_id.lstrip("-").isdigit() else None,
+                )
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
 
 
 def _api_error(response: httpx.Response) -> ApiError:

@@ -3,7 +3,8 @@
 Everything that can be checked locally is checked before the server is
 contacted (``validate`` needs no server at all), so a bad file fails fast with
 its path and line. Exit codes: 0 success, 1 invalid input or "not found"
-(``diff``: 1 means differences), 2 usage, connection or server errors.
+(``diff``: 1 means differences; ``logs -f``: 1 means the run did not succeed), 2 usage,
+connection or server errors.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import difflib
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -22,8 +23,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from chiffon.api.agentview import parse_label_selector, parse_mebibytes
 from chiffon.api.client import DEFAULT_SERVER, ApiError, ChiffonClient, UnreachableError
-from chiffon.resources import DeploymentIntent
+from chiffon.controllers.scheduler import OFFLINE_AFTER
+from chiffon.resources import AgentKind, DeploymentIntent, RunStatus
 from chiffon.resources.yamlio import (
     ParsedIntent,
     ResourceError,
@@ -184,7 +187,16 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         sys.stdout.write(line + "\n")
 
 
-def print_objects(items: list[dict[str, Any]], output: Output, single: bool) -> None:
+def intent_name(item: dict[str, Any]) -> str:
+    return f"deploymentintent/{item['metadata']['name']}"
+
+
+def print_objects(
+    items: list[dict[str, Any]],
+    output: Output,
+    single: bool,
+    name_of: Callable[[dict[str, Any]], str] = intent_name,
+) -> None:
     data: Any = items[0] if single else {"apiVersion": "v1", "kind": "List", "items": items}
     if output is Output.JSON:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
@@ -192,7 +204,7 @@ def print_objects(items: list[dict[str, Any]], output: Output, single: bool) -> 
         sys.stdout.write(dump_yaml(data))
     elif output is Output.NAME:
         for item in items:
-            sys.stdout.write(f"deploymentintent/{item['metadata']['name']}\n")
+            sys.stdout.write(name_of(item) + "\n")
 
 
 def condition(item: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -693,6 +705,284 @@ def get_runs(
 
 
 get_app.command("run", hidden=True)(get_runs)
+
+
+# agents ----------------------------------------------------------------------------------------
+
+
+def mebibytes(mib: float) -> str:
+    """1536 → ``1.5Gi``, 512 → ``512Mi``: the units ``--min-free-vram`` takes."""
+    return f"{mib / 1024:.1f}Gi" if mib >= 1024 else f"{mib:.0f}Mi"
+
+
+def best_free_vram(capacity: dict[str, Any]) -> str:
+    """The most free memory on one GPU, the figure the scheduler and ``--min-free-vram`` use."""
+    gpus = capacity.get("gpus") or []
+    return mebibytes(max(gpu["memoryFreeMib"] for gpu in gpus)) if gpus else "-"
+
+
+def busy_text(capacity: dict[str, Any]) -> str:
+    if not capacity.get("busy"):
+        return "no"
+    return f"yes ({capacity['busyReason']})" if capacity.get("busyReason") else "yes"
+
+
+def labels_text(labels: dict[str, str] | None) -> str:
+    # Sorted: PostgreSQL's JSONB does not keep the order the agent sent them in.
+    return ",".join(f"{key}={value}" for key, value in sorted((labels or {}).items())) or "-"
+
+
+def agent_row(item: dict[str, Any], wide: bool) -> list[str]:
+    capacity = item.get("capacity") or {}
+    row = [
+        item["id"],
+        item["kind"],
+        str(item.get("online", False)),
+        age(item.get("lastSeen")),
+        f"{capacity['cpuLoadPercent']:.0f}%" if capacity else "-",
+        best_free_vram(capacity),
+    ]
+    if wide:
+        memory = (
+            f"{mebibytes(capacity['memoryAvailableMib'])}/{mebibytes(capacity['memoryTotalMib'])}"
+            if capacity
+            else "-"
+        )
+        gpus = ", ".join(
+            f"{gpu['index']}:{mebibytes(gpu['memoryFreeMib'])}/{mebibytes(gpu['memoryTotalMib'])}"
+            for gpu in capacity.get("gpus") or []
+        )
+        row += [
+            str(capacity.get("cpuCores", "-")),
+            memory,
+            gpus or "-",
+            busy_text(capacity) if capacity else "-",
+            labels_text(item.get("labels")),
+        ]
+    return row
+
+
+def checked(option: str, parse: Callable[[str], object], text: str | None) -> None:
+    """Check a flag with the server's own parser, so a typo fails before any request."""
+    if text is None:
+        return
+    try:
+        parse(text)
+    except ValueError as exc:
+        raise fail(f"{option}: {exc}", Exit.INVALID) from None
+
+
+@get_app.command("agents")
+def get_agents(
+    agent_id: Annotated[str | None, typer.Argument(metavar="ID", help="one agent by id")] = None,
+    output: Annotated[
+        Output, typer.Option("--output", "-o", help="table, wide, yaml, json or name")
+    ] = Output.TABLE,
+    online: Annotated[
+        bool | None,
+        typer.Option("--online/--offline", help="only agents heartbeating now / only silent ones"),
+    ] = None,
+    kind: Annotated[AgentKind | None, typer.Option("--kind", help="infra or desktop")] = None,
+    busy: Annotated[
+        bool | None, typer.Option("--busy/--not-busy", help="only agents marked busy / not busy")
+    ] = None,
+    min_free_vram: Annotated[
+        str | None,
+        typer.Option("--min-free-vram", help="at least this much free on one GPU: 8Gi, 512Mi, 2048 (MiB)"),
+    ] = None,
+    selector: Annotated[
+        str | None, typer.Option("--selector", "-l", help="label selector key=value,…")
+    ] = None,
+) -> None:
+    """List agents: online state, last heartbeat, CPU load and free GPU memory."""
+    checked("--min-free-vram", parse_mebibytes, min_free_vram)
+    checked("--selector", parse_label_selector, selector)
+    with client() as api:
+        if agent_id:
+            found = api.get_agent(agent_id)
+            if found is None:
+                raise fail(f"agent/{agent_id} not found", Exit.INVALID)
+            items = [found]
+        else:
+            items = api.list_agents(
+                online=online,
+                kind=kind.value if kind else None,
+                busy=busy,
+                minFreeVram=min_free_vram,
+                labelSelector=selector,
+            )
+    if output in (Output.TABLE, Output.WIDE):
+        if not items:
+            err.print("No agents found.")
+            return
+        headers = ["NAME", "KIND", "ONLINE", "LAST-SEEN", "LOAD", "FREE-VRAM"]
+        if output is Output.WIDE:
+            headers += ["CORES", "MEMORY", "GPUS", "BUSY", "LABELS"]
+        print_table(headers, [agent_row(item, output is Output.WIDE) for item in items])
+        return
+    print_objects(items, output, single=agent_id is not None, name_of=lambda item: f"agent/{item['id']}")
+
+
+get_app.command("agent", hidden=True)(get_agents)
+
+
+def online_line(item: dict[str, Any]) -> str:
+    seen = item.get("lastSeen")
+    if item.get("online"):
+        return f"True (last heartbeat {age(seen)} ago)"
+    if not seen:
+        return "False (never heard from)"
+    deadline = int(OFFLINE_AFTER.total_seconds())
+    return f"False (last heartbeat {age(seen)} ago at {seen}; offline after {deadline}s of silence)"
+
+
+def capacity_lines(capacity: dict[str, Any] | None) -> list[str]:
+    if not capacity:
+        return ["Capacity:    <not reported yet>"]
+    lines = [
+        f"CPU:         {capacity['cpuCores']} cores, {capacity['cpuLoadPercent']:.0f}% load",
+        f"Memory:      {mebibytes(capacity['memoryAvailableMib'])} free of "
+        f"{mebibytes(capacity['memoryTotalMib'])}",
+        f"Busy:        {busy_text(capacity)}",
+    ]
+    gpus = capacity.get("gpus") or []
+    if not gpus:
+        return [*lines, "GPUs:        <none>"]
+    lines += ["GPUs:", f"  {'INDEX':<6} {'FREE':<9} {'TOTAL':<9} {'UTIL':<5} NAME"]
+    for gpu in gpus:
+        utilization = gpu.get("utilizationPercent")
+        lines.append(
+            f"  {gpu['index']:<6} {mebibytes(gpu['memoryFreeMib']):<9} {mebibytes(gpu['memoryTotalMib']):<9} "
+            f"{'-' if utilization is None else f'{utilization:.0f}%':<5} {gpu.get('name') or '-'}"
+        )
+    return lines
+
+
+@describe_app.command("agent")
+def describe_agent(agent_id: str) -> None:
+    """An agent's labels, liveness and the capacity its last heartbeat reported."""
+    with client() as api:
+        item = api.get_agent(agent_id)
+    if item is None:
+        raise fail(f"agent/{agent_id} not found", Exit.INVALID)
+    lines = [
+        f"Name:        {item['id']}",
+        f"Kind:        {item['kind']}",
+        f"Version:     {item.get('version') or '-'}",
+        f"Labels:      {labels_text(item.get('labels'))}",
+        f"Online:      {online_line(item)}",
+        *capacity_lines(item.get("capacity")),
+    ]
+    for line in lines:
+        out.print(line, markup=False)
+
+
+# logs ------------------------------------------------------------------------------------------
+
+RECONNECT_ATTEMPTS = 10
+RECONNECT_DELAY_SECONDS = 1.0
+INTENT_PREFIXES = ("intent", "intents", "deploymentintent")
+
+
+def find_run(api: ChiffonClient, reference: str) -> dict[str, Any]:
+    """A run by id (or ``run/ID``), or ``intent/NAME``: that intent's newest run."""
+    kind, slash, name = reference.partition("/")
+    if slash and kind.lower() in INTENT_PREFIXES:
+        if api.get_intent(name) is None:
+            raise fail(f"deploymentintent/{name} not found", Exit.INVALID)
+        runs = api.list_runs(name, limit=1)
+        if not runs:
+            raise fail(f"deploymentintent/{name} has no runs yet", Exit.INVALID)
+        return runs[0]
+    if slash and kind.lower() not in ("run", "runs"):
+        raise fail(f"{reference!r}: give a run id, run/ID or intent/NAME")
+    run_id = name if slash else reference
+    found = api.get_run(run_id)
+    if found is None:
+        raise fail(f"run {run_id} not found", Exit.INVALID)
+    return found
+
+
+def write_output(event: dict[str, Any]) -> None:
+    """What ansible printed for the event (task banners, ``changed: [host]`` lines, failures).
+
+    Events it printed nothing for (a loop's summary after its items) print nothing here either.
+    """
+    output = str(event.get("output") or "")
+    if output.strip():
+        # Flushed per event: `logs -f | grep …` should see each line as it happens.
+        sys.stdout.write(output + "\n")
+        sys.stdout.flush()
+
+
+def run_summary(run: dict[str, Any]) -> str:
+    rc = f" (rc {run['rc']})" if run.get("rc") is not None else ""
+    error = f": {run['error']}" if run.get("error") else ""
+    return f"run {run['id']} {run['status']}{rc}{error}"
+
+
+def follow_output(api: ChiffonClient, run: dict[str, Any]) -> dict[str, Any]:
+    """Print the run's output as it is stored; return the run once it has finished.
+
+    A stream that breaks off (the server restarting) is resumed after the last
+    event printed, so nothing is printed twice or skipped.
+    """
+    import time
+
+    after, failures, shown_status = -1, 0, run["status"]
+    while True:
+        try:
+            for message in api.follow_run(run["id"], after):
+                if message.event == "output":
+                    write_output(message.data)
+                    after = message.id if message.id is not None else after
+                    failures = 0
+                elif message.event == "run" and message.data["status"] != shown_status:
+                    shown_status = message.data["status"]
+                    agent = f" on {message.data['agentId']}" if message.data.get("agentId") else ""
+                    err.print(f"run {run['id']} {shown_status}{agent}", markup=False)
+                elif message.event == "end":
+                    return message.data
+                elif message.event == "error":
+                    raise fail(str(message.data.get("message", "the stream failed")))
+            lost = f"the server closed the stream of run {run['id']} before it finished"
+        except UnreachableError as exc:
+            lost = str(exc)
+        failures += 1
+        if failures > RECONNECT_ATTEMPTS:
+            raise fail(f"{lost}; gave up after {RECONNECT_ATTEMPTS} reconnects")
+        if failures == 1:
+            err.print(f"note: {lost}; reconnecting", markup=False)
+        time.sleep(RECONNECT_DELAY_SECONDS)
+
+
+@app.command()
+def logs(
+    run: Annotated[str, typer.Argument(help="a run id (see `get runs`), or intent/NAME for its latest run")],
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="stream output until the run finishes; exit 0 if it succeeded"),
+    ] = False,
+) -> None:
+    """Print a run's output (ansible's task, host and status lines, as stored); -f follows it live."""
+    with client() as api:
+        found = find_run(api, run)
+        if not follow:
+            print_stored_output(api, found)
+            return
+        finished = follow_output(api, found)
+    err.print(run_summary(finished), markup=False)
+    if finished["status"] != RunStatus.SUCCESSFUL:
+        raise typer.Exit(Exit.INVALID)
+
+
+def print_stored_output(api: ChiffonClient, run: dict[str, Any]) -> None:
+    for event in api.list_run_events(run["id"]):
+        write_output(event)
+    if RunStatus(run["status"]).finished:
+        err.print(run_summary(run), markup=False)
+    else:
+        err.print(f"run {run['id']} is {run['status']}; follow it with: chiffonctl logs {run['id']} -f")
 
 
 @app.command()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from chiffon.resources import Capacity, Model
 
 MAX_FILE_BYTES = 1_048_576
 MAX_FILES = 500
@@ -57,3 +60,12 @@ class ListResponse(BaseModel):
     items: list[dict[str, Any]]
 
     model_config = {"populate_by_name": True}
+
+
+class AgentCapacityResponse(Model):
+    """An agent's latest capacity, and whether it is heartbeating now (camelCase, like resources)."""
+
+    id: str
+    online: bool = Field(description="a heartbeat arrived within the offline deadline (90 s)")
+    last_seen: datetime | None = Field(description="when the controller last heard from it")
+    capacity: Capacity | None = Field(description="what its last heartbeat reported; null before the first")
