@@ -7,11 +7,14 @@ controller's loops, so ``chiffon up`` supervises it with them):
    and whatever the kind needs: the infra agent's ``chiffon.runs.<id>``), then
    :meth:`AgentBase.on_start`;
 2. publish a ``Heartbeat`` at once and then every ``heartbeat_interval``
-   seconds (15 by default; the controller calls an agent offline after 90 s
-   of silence), with its labels and a fresh capacity reading;
+   seconds (15 by default, advertised in the heartbeat: the controller calls
+   an agent offline after three intervals of silence), with its labels, a
+   fresh capacity reading and, from an agent that runs playbooks, the runs it
+   still owes a result for (:meth:`AgentBase.claimed_runs`): that is how the
+   controller tells a run that is still going from one lost with its agent;
 3. when ``stop`` is set: :meth:`AgentBase.on_stop` (the infra agent finishes
    or cancels its runs there), then ``AgentOffline``, so the controller knows
-   at once rather than after 90 s.
+   at once rather than after three missed heartbeats.
 
 Broker outages do not end an agent. The bus reconnects by itself; a heartbeat
 that cannot be published is logged (once per outage) and skipped, because the
@@ -106,6 +109,11 @@ class AgentBase:
         """This machine's capacity (blocking; called in a thread)."""
         return read_capacity(self.busy, cpu=self._cpu)
 
+    def claimed_runs(self) -> list[str] | None:
+        """Ids of the runs this agent accepted and still owes a result for (the heartbeat's
+        ``runs``); None from an agent that never runs playbooks."""
+        return None
+
     # The loop -------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -135,6 +143,7 @@ class AgentBase:
                 capacity=capacity,
                 interval_seconds=self.heartbeat_interval,
                 version=__version__,
+                runs=self.claimed_runs(),
             )
             await self.bus.publish(HEARTBEATS_QUEUE, make_envelope(beat))
         except Exception as exc:

@@ -32,9 +32,12 @@ answered ``canceled`` without starting; an unknown one is remembered for an
 hour, so a RunRequest overtaken by its cancel never runs.
 
 On start, runs the journal shows as accepted but never finished — the agent
-died under them — are reported ``failed`` at once instead of leaving the
-controller to notice the silence; results not yet confirmed by the broker are
-published again. With ``resend_results_within`` (``chiffon up`` sets a day)
+died under them, and their playbooks with it — are reported ``failed`` ("agent
+… restarted while the run was in progress") at once instead of leaving the
+controller to notice; results not yet confirmed by the broker are published
+again. Every heartbeat lists in ``runs`` the runs this agent accepted and still
+owes a result for, so the controller can tell them from runs it lost
+(controllers/liveness.py). With ``resend_results_within`` (``chiffon up`` sets a day)
 every result of that period is published again too: the in-process bus
 forgets what was in flight when the process exits, and the controller ignores
 results it already has. On a clean stop the agent stops taking
@@ -70,6 +73,7 @@ from chiffon.agents.runner import (
 from chiffon.bus import RESULTS_QUEUE, Bus, BusError, Delivery, Subscription, runs_queue
 from chiffon.resources.agent import AgentKind
 from chiffon.resources.messages import (
+    MAX_HEARTBEAT_RUNS,
     AnsibleEvent,
     CancelRun,
     ErrorPayload,
@@ -160,6 +164,15 @@ class InfraAgent(AgentBase):
     def queues(self) -> list[str]:
         return [*super().queues(), runs_queue(self.agent_id)]
 
+    def claimed_runs(self) -> list[str]:
+        """Runs accepted (RunAccepted confirmed) whose RunResult is not confirmed yet."""
+        owed = [
+            run_id
+            for run_id in self._running
+            if run_id in self.journal.accepted and run_id not in self.journal.reported
+        ]
+        return sorted(owed)[:MAX_HEARTBEAT_RUNS]
+
     async def on_start(self) -> None:
         self._stopping = False
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +182,9 @@ class InfraAgent(AgentBase):
                 "run %s was interrupted by a restart of agent %s; reporting it failed", run_id, self.agent_id
             )
             self.journal.record_finished(
-                self._result(run_id, "failed", error="the agent stopped while the run was in progress")
+                self._result(
+                    run_id, "failed", error=f"agent {self.agent_id} restarted while the run was in progress"
+                )
             )
         resend = {result.run_id: result for result in self.journal.unreported()}
         if self.resend_results_within > 0:

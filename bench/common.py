@@ -420,13 +420,20 @@ class TimedAgent(RecordingAgent):
 
     arrivals: dict[str, float] = field(default_factory=dict)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _answering: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def _on_request(self, delivery: Delivery) -> None:
         request = delivery.envelope.payload
         if isinstance(request, RunRequest):
             self.arrivals.setdefault(request.intent, time.monotonic())
             self._arrived.set()
-        await super()._on_request(delivery)
+        # Answer (RunAccepted, ack, RunResult) in the background, as an agent running
+        # several playbooks at once does: the bus hands over the next request meanwhile
+        # (up to the prefetch), so arrivals measure the controller, not this stand-in's
+        # two publisher-confirm round trips per request.
+        task = asyncio.create_task(super()._on_request(delivery))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
 
     async def wait_for(self, names: Sequence[str], *, within: float) -> None:
         """Until a RunRequest for every one of ``names`` has arrived; TimeoutError after ``within`` s."""
@@ -535,16 +542,17 @@ async def running_controller(setup: Setup, *, syntax_check: bool = True) -> Asyn
 def _instrument(harness: Harness) -> None:
     """Count reconcile passes and note when syncs end: instance attributes of this run, no product change."""
     controller = harness.controller
-    reconcile = controller.reconcile
+    reconcile_batch = controller.reconcile_batch
 
-    async def counted(key: str) -> Any:
-        harness.passes += 1
+    async def counted(keys: Sequence[str]) -> Any:
+        harness.passes += len(keys)
         try:
-            return await reconcile(key)
+            return await reconcile_batch(keys)
         finally:
             harness._passed.set()
 
-    controller.reconcile = counted  # type: ignore[method-assign]  # read by lead() when it starts the queue
+    # Read by lead() when it starts the queue.
+    controller.reconcile_batch = counted  # type: ignore[method-assign]
 
     async def on_sync(names: Sequence[str]) -> None:
         harness.syncs.append((time.monotonic(), len(names)))

@@ -70,6 +70,22 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="seconds between fetches of a remote repo"
     )
     log_level: str = "INFO"
+    # Agent liveness (controllers/liveness.py, docs/protocol.md §5).
+    heartbeat_interval: float = Field(
+        default=15.0, gt=0, description="seconds between heartbeats assumed for an agent that does not say"
+    )
+    missed_heartbeats: int = Field(
+        default=3, ge=1, description="an agent silent for this many heartbeat intervals is offline"
+    )
+    lost_run_grace: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds an Unknown run waits for its agent to claim it before it fails; "
+        "default: one more heartbeat deadline",
+    )
+    liveness_check_interval: float = Field(
+        default=5.0, gt=0, description="most seconds between two liveness checks of the controller"
+    )
 
     @field_validator("home", "infra_repo", "audit_repo", mode="before")
     @classmethod

@@ -7,8 +7,9 @@ killed mid-handler gets the message again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from chiffon.bus import Delivery
@@ -24,6 +25,7 @@ from chiffon.resources.messages import (
     RunResult,
 )
 from chiffon.store import Store
+from chiffon.store.records import RunWrites
 
 log = logging.getLogger(__name__)
 
@@ -52,68 +54,128 @@ def finished_run(run: Run, result: RunResult, now: datetime) -> Run:
 
 
 class ResultConsumer:
-    """RunAccepted / RunEvent / RunResult / Error from agents → runs, events and audit."""
+    """RunAccepted / RunEvent / RunResult / Error from agents → runs, events and audit.
+
+    :meth:`submit` is what the bus calls: it queues the delivery and returns, and
+    a flush writes everything queued so far in one transaction, then acks it
+    all — so a burst of a thousand results costs a few dozen transactions, in
+    delivery order, and nothing is acked before it is committed. :meth:`handle`
+    does the same for one delivery and returns once it is committed.
+    """
 
     def __init__(self, store: Store, *, enqueue: Callable[[str], None], clock: Clock = utcnow) -> None:
         self.store = store
         self._enqueue = enqueue
         self._clock = clock
+        self._queued: list[Delivery] = []
+        self._flushing: asyncio.Task[None] | None = None
 
     async def handle(self, delivery: Delivery) -> None:
-        payload = delivery.envelope.payload
-        if isinstance(payload, RunAccepted):
-            await self._accepted(payload)
-        elif isinstance(payload, RunEvent):
-            await self.store.append_run_events(payload.run_id, payload.events)
-        elif isinstance(payload, RunResult):
-            await self._result(payload)
+        await self._flush([delivery])
+
+    async def submit(self, delivery: Delivery) -> None:
+        self._queued.append(delivery)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_queued(), name="results flush")
+
+    async def drain(self) -> None:
+        """Wait for queued deliveries to be written (leadership ending)."""
+        if self._flushing is not None:
+            await asyncio.gather(self._flushing, return_exceptions=True)
+
+    async def _flush_queued(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            await self._flush(batch)
+
+    async def _flush(self, batch: list[Delivery]) -> None:
+        payloads = [delivery.envelope.payload for delivery in batch]
+        now = self._clock()
+        try:
+            writes = await self.store.update_runs(
+                {p.run_id for p in payloads if isinstance(p, RUN_REPORTS)},
+                lambda runs: apply_reports(runs, payloads, now),
+            )
+        except Exception as exc:  # nothing was written: the broker delivers them again
+            log.error("could not record %d agent reports: %s; returning them", len(batch), exc, exc_info=exc)
+            for delivery in batch:
+                await delivery.reject(requeue=True)
+            return
+        if any(isinstance(p, RunResult) for p in payloads):
             crash_point(AFTER_RESULT)
+        for delivery in batch:
+            await delivery.ack()
+        for intent in sorted({run.intent for run in writes.runs}):
+            self._enqueue(intent)
+
+
+RUN_REPORTS = (RunAccepted, RunEvent, RunResult)
+
+
+def apply_reports(runs: dict[str, Run], payloads: Sequence[object], now: datetime) -> RunWrites:
+    """What a batch of agent reports changes, in delivery order (pure; ``runs`` is updated as it goes)."""
+    changed: dict[str, Run] = {}
+    writes = RunWrites()
+    for payload in payloads:
+        if isinstance(payload, RunEvent):
+            writes.events.append((payload.run_id, payload.events))
+        elif isinstance(payload, RunAccepted | RunResult):
+            run = runs.get(payload.run_id)
+            if run is None:
+                log.warning(
+                    "%s for unknown run %s from %s ignored",
+                    type(payload).__name__,
+                    payload.run_id,
+                    payload.agent_id,
+                )
+                continue
+            after = (
+                accepted_run(run, payload, now)
+                if isinstance(payload, RunAccepted)
+                else result_run(run, payload, now)
+            )
+            if after is not None:
+                runs[run.id] = changed[run.id] = after
+                if isinstance(payload, RunResult):
+                    writes.audits.append(result_audit(after, payload, now))
         elif isinstance(payload, ErrorPayload):
             log.warning("agent reported %s: %s", payload.code, payload.message)
         else:
-            log.warning("ignoring %s on the results queue", delivery.envelope.type.value)
-        await delivery.ack()
+            log.warning("ignoring %s on the results queue", type(payload).__name__)
+    writes.runs = list(changed.values())
+    return writes
 
-    async def _accepted(self, accepted: RunAccepted) -> None:
-        run = await self.store.get_run(accepted.run_id)
-        if run is None or run.status.finished or run.status is RunStatus.RUNNING:
-            return
-        now = self._clock()
-        await self.store.upsert_run(
-            run.model_copy(
-                update={"status": RunStatus.RUNNING, "agent_id": accepted.agent_id, "started_at": now}
-            )
-        )
-        self._enqueue(run.intent)
 
-    async def _result(self, result: RunResult) -> None:
-        run = await self.store.get_run(result.run_id)
-        if run is None:
-            log.warning("result for unknown run %s from %s ignored", result.run_id, result.agent_id)
-            return
-        if run.status.finished:
-            return  # a redelivery: the first copy already counted
-        now = self._clock()
-        done = finished_run(run, result, now)
-        await self.store.upsert_run(done)
-        await self.store.record_audit(
-            AuditEvent(
-                time=now,
-                actor=f"agent:{result.agent_id}",
-                action="run.result",
-                resource=f"DeploymentIntent/{run.intent}",
-                outcome=Outcome.SUCCESS if done.status is RunStatus.SUCCESSFUL else Outcome.FAILURE,
-                details={
-                    "run": run.id,
-                    "step": run.step,
-                    "status": done.status.value,
-                    "rc": done.rc,
-                    "duration_seconds": result.duration_seconds,
-                    "error": result.error,
-                },
-            )
-        )
-        self._enqueue(run.intent)
+def accepted_run(run: Run, accepted: RunAccepted, now: datetime) -> Run | None:
+    """The run once an agent took it; None when that changes nothing (finished, or already running)."""
+    if run.status.finished or run.status is RunStatus.RUNNING:
+        return None
+    return run.model_copy(
+        update={"status": RunStatus.RUNNING, "agent_id": accepted.agent_id, "started_at": now}
+    )
+
+
+def result_run(run: Run, result: RunResult, now: datetime) -> Run | None:
+    """The run as its result describes it; None for a redelivery (the first copy already counted)."""
+    return None if run.status.finished else finished_run(run, result, now)
+
+
+def result_audit(done: Run, result: RunResult, now: datetime) -> AuditEvent:
+    return AuditEvent(
+        time=now,
+        actor=f"agent:{result.agent_id}",
+        action="run.result",
+        resource=f"DeploymentIntent/{done.intent}",
+        outcome=Outcome.SUCCESS if done.status is RunStatus.SUCCESSFUL else Outcome.FAILURE,
+        details={
+            "run": done.id,
+            "step": done.step,
+            "status": done.status.value,
+            "rc": done.rc,
+            "duration_seconds": result.duration_seconds,
+            "error": result.error,
+        },
+    )
 
 
 def capacity_improved(before: Agent | None, after: Agent, now: datetime) -> bool:
@@ -132,16 +194,63 @@ def capacity_improved(before: Agent | None, after: Agent, now: datetime) -> bool
     )
 
 
-class HeartbeatConsumer:
-    """Heartbeat / AgentOffline → the agents table; tells the controller when capacity appears."""
+HEARTBEATS_PREFETCH = 200
+"""The prefetch to consume ``chiffon.heartbeats`` with (:meth:`HeartbeatConsumer.submit`): the
+largest batch, two seconds of a thousand agents heartbeating every ten seconds."""
+HEARTBEAT_COALESCE_SECONDS = 0.5
+"""How long a queued heartbeat may wait for others to share its transaction."""
+HEARTBEAT_QUIET_SECONDS = 0.1
+"""A batch is written once nothing more arrived for this long (a lone heartbeat is not held up)."""
 
-    def __init__(self, store: Store, *, on_capacity: Callable[[], None], clock: Clock = utcnow) -> None:
+
+class HeartbeatConsumer:
+    """Heartbeat / AgentOffline → the agents table; tells the controller when capacity appears.
+
+    :meth:`submit` is what the bus calls: it notes the agent's new row (stamped
+    with the time of receipt) and returns; a flush writes the rows queued so far
+    in one transaction — the newest per agent — and only then acks their
+    deliveries and, if any of them brought more room, wakes the capacity
+    waiters (``on_capacity``). A batch is written when it holds ``max_batch``
+    deliveries (consume with that prefetch, :data:`HEARTBEATS_PREFETCH`), when
+    nothing arrived for :data:`HEARTBEAT_QUIET_SECONDS`, when its first
+    heartbeat has waited :data:`HEARTBEAT_COALESCE_SECONDS`, or at
+    :meth:`drain`. A thousand agents heartbeating every ten seconds then cost
+    two transactions a second instead of a hundred. Liveness does not wait for
+    the write: it notes each heartbeat as it is received
+    (``Liveness.observing``). :meth:`handle` does the same for one delivery and
+    returns once it is committed.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        on_capacity: Callable[[], None],
+        clock: Clock = utcnow,
+        max_batch: int = HEARTBEATS_PREFETCH,
+        coalesce_seconds: float = HEARTBEAT_COALESCE_SECONDS,
+        quiet_seconds: float = HEARTBEAT_QUIET_SECONDS,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self.store = store
         self._on_capacity = on_capacity
         self._clock = clock
+        self.max_batch = max_batch
+        self.coalesce_seconds = coalesce_seconds
+        self.quiet_seconds = quiet_seconds
         self._last: dict[str, Agent] = {}
+        self._rows: dict[str, Agent] = {}
+        self._queued: list[Delivery] = []
+        self._improved = False
+        self._first_queued = 0.0
+        self._last_queued = 0.0
+        self._now = asyncio.Event()
+        self._flushing: asyncio.Task[None] | None = None
 
-    async def handle(self, delivery: Delivery) -> None:
+    def _receive(self, delivery: Delivery) -> tuple[Agent | None, bool]:
+        """The row a Heartbeat or AgentOffline makes (None: nothing to write) and whether it
+        brings more room; remembers it as the agent's latest."""
         payload = delivery.envelope.payload
         now = self._clock()
         if isinstance(payload, Heartbeat):
@@ -154,15 +263,79 @@ class HeartbeatConsumer:
                 capacity=payload.capacity,
                 version=payload.version,
             )
-            await self.store.upsert_agent(agent)
-            if capacity_improved(self._last.get(agent.id), agent, now):
-                self._on_capacity()
+            improved = capacity_improved(self._last.get(agent.id), agent, now)
             self._last[agent.id] = agent
-        elif isinstance(payload, AgentOffline):
-            known = self._last.get(payload.agent_id)
-            if known is not None:
-                offline = known.model_copy(update={"online": False, "last_seen": now})
-                await self.store.upsert_agent(offline)
-                self._last[payload.agent_id] = offline
+            return agent, improved
+        if isinstance(payload, AgentOffline):
             log.info("agent %s went offline: %s", payload.agent_id, payload.reason)
+            known = self._last.get(payload.agent_id)
+            if known is None:
+                return None, False
+            offline = known.model_copy(update={"online": False, "last_seen": now})
+            self._last[payload.agent_id] = offline
+            return offline, False
+        log.warning("ignoring %s on the heartbeats queue", delivery.envelope.type.value)
+        return None, False
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Store one delivery now, then ack it."""
+        row, improved = self._receive(delivery)
+        if row is not None:
+            await self.store.upsert_agent(row)
+        if improved:
+            self._on_capacity()
         await delivery.ack()
+
+    async def submit(self, delivery: Delivery) -> None:
+        """Queue one delivery for the next batch; it is acked once the batch is committed."""
+        row, improved = self._receive(delivery)
+        loop = asyncio.get_running_loop()
+        self._last_queued = loop.time()
+        if not self._queued:
+            self._first_queued = self._last_queued
+        self._queued.append(delivery)
+        if row is not None:
+            self._rows[row.id] = row
+        self._improved = self._improved or improved
+        if len(self._queued) >= self.max_batch:
+            self._now.set()
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_queued(), name="heartbeats flush")
+
+    async def drain(self) -> None:
+        """Write what is queued now, without waiting for more (leadership ending)."""
+        while self._flushing is not None and not self._flushing.done():
+            self._now.set()
+            await asyncio.gather(self._flushing, return_exceptions=True)
+
+    async def _flush_queued(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queued:
+            while not self._now.is_set():
+                due = min(self._first_queued + self.coalesce_seconds, self._last_queued + self.quiet_seconds)
+                wait = due - loop.time()
+                if wait <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._now.wait(), wait)
+                except TimeoutError:
+                    continue
+            self._now.clear()
+            batch, rows, improved = self._queued, list(self._rows.values()), self._improved
+            self._queued, self._rows, self._improved = [], {}, False
+            await self._write(batch, rows, improved)
+
+    async def _write(self, batch: list[Delivery], rows: list[Agent], improved: bool) -> None:
+        try:
+            await self.store.upsert_agents(rows)
+        except Exception as exc:  # nothing was written: the broker delivers them again
+            log.error("could not record %d heartbeats: %s; returning them", len(batch), exc, exc_info=exc)
+            for delivery in batch:
+                await delivery.reject(requeue=True)
+            # Their redelivered copies will not look new any more: wake the waiters after the next write.
+            self._improved = self._improved or improved
+            return
+        for delivery in batch:
+            await delivery.ack()
+        if improved:
+            self._on_capacity()

@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from chiffon.bus import HEARTBEATS_QUEUE, RESULTS_QUEUE, Bus, Subscription
 from chiffon.controllers.consumers import HeartbeatConsumer, ResultConsumer
-from chiffon.controllers.intent_reconciler import IntentReconciler, intent_key, name_of
+from chiffon.controllers.intent_reconciler import IntentReconciler, intent_key
+from chiffon.controllers.liveness import Liveness, LivenessConfig
 from chiffon.controllers.manager import sleep_until
 from chiffon.controllers.outbox import OutboxRelay
 from chiffon.controllers.planner import Planner
 from chiffon.controllers.reconcile import Result
 from chiffon.controllers.source import GitSource
 from chiffon.controllers.workqueue import WorkQueue
-from chiffon.resources import ConditionType, is_condition_true
 from chiffon.store import Store
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,27 @@ log = logging.getLogger(__name__)
 APPROVAL_POLL_SECONDS = 1.0
 CAPACITY_COALESCE_SECONDS = 1.0
 SHUTDOWN_GRACE_SECONDS = 20.0
+# Keys per reconcile batch: big enough that a burst costs few transactions, small
+# enough that the first dispatches of a burst go out within a fraction of a second.
+MAX_BATCH = 50
+# Unsettled results the broker may hand over at once: the most one results flush writes.
+RESULTS_PREFETCH = 200
 
 
 class Controller:
     def __init__(
-        self, store: Store, bus: Bus, source: GitSource, planner: Planner, *, max_concurrency: int = 8
+        self,
+        store: Store,
+        bus: Bus,
+        source: GitSource,
+        planner: Planner,
+        *,
+        max_concurrency: int = 8,
+        max_batch: int = MAX_BATCH,
+        liveness: LivenessConfig | None = None,
     ) -> None:
         self.store = store
+        self.max_batch = max_batch
         self.bus = bus
         self.source = source
         self.epoch = 0
@@ -55,6 +69,7 @@ class Controller:
         )
         self.results = ResultConsumer(store, enqueue=self.enqueue)
         self.heartbeats = HeartbeatConsumer(store, on_capacity=self._capacity_appeared)
+        self.liveness = Liveness(store, liveness, enqueue=self.enqueue, on_capacity=self._capacity_appeared)
         self._capacity_event = asyncio.Event()
         self._ready: set[str] = set()
         # name -> intents that depend on it; rebuilt after a sync, not on every Ready
@@ -73,24 +88,27 @@ class Controller:
         self._capacity_event.set()
 
     async def reconcile(self, key: str) -> Result:
-        try:
-            return await self.reconciler.reconcile(key)
-        finally:
-            await self._wake_dependents(name_of(key))
+        """One pass over one intent (what a batch does for each of its keys)."""
+        outcome = (await self.reconcile_batch([key]))[key]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-    async def _wake_dependents(self, name: str) -> None:
+    async def reconcile_batch(self, keys: Sequence[str]) -> Mapping[str, Result | Exception]:
+        batch = await self.reconciler.reconcile_many(keys)
+        await self._wake_dependents(batch.ready)
+        return batch.outcomes
+
+    async def _wake_dependents(self, ready_now: Mapping[str, bool]) -> None:
         """When an intent turns Ready, the intents that depend on it may proceed."""
-        intent = await self.store.get_intent(name)
-        ready = intent is not None and is_condition_true(
-            intent.status.conditions if intent.status else [], ConditionType.READY
-        )
-        if ready and name not in self._ready:
-            for dependent in sorted((await self._dependents_index()).get(name, ())):
-                self.enqueue(dependent)
-        if ready:
-            self._ready.add(name)
-        else:
-            self._ready.discard(name)
+        for name, ready in ready_now.items():
+            if ready and name not in self._ready:
+                for dependent in sorted((await self._dependents_index()).get(name, ())):
+                    self.enqueue(dependent)
+            if ready:
+                self._ready.add(name)
+            else:
+                self._ready.discard(name)
 
     async def _dependents_index(self) -> dict[str, set[str]]:
         if self._dependents is None:
@@ -110,18 +128,19 @@ class Controller:
         for queue in (RESULTS_QUEUE, HEARTBEATS_QUEUE):
             await self.bus.declare(queue)
         subscriptions: list[Subscription] = [
-            await self.bus.consume(RESULTS_QUEUE, self.results.handle),
-            await self.bus.consume(HEARTBEATS_QUEUE, self.heartbeats.handle),
+            await self.bus.consume(RESULTS_QUEUE, self.results.submit, prefetch=RESULTS_PREFETCH),
+            await self.bus.consume(HEARTBEATS_QUEUE, self.liveness.observing(self.heartbeats.handle)),
         ]
         await self.source.sync()
         for intent in await self.store.list_intents():
             self.enqueue(intent.metadata.name)
         loops = [
-            self.queue.run(self.reconcile, lost),
+            self.queue.run_batches(self.reconcile_batch, lost, max_batch=self.max_batch),
             self.relay.run(lost),
             self.source.run(lost),
             self._watch_approvals(lost),
             self._wake_capacity_waiters(lost),
+            self.liveness.run(lost),
         ]
         tasks = [asyncio.create_task(loop) for loop in loops]
         try:
@@ -130,6 +149,7 @@ class Controller:
             lost.set()  # also when cancelled from outside: every loop watches this event
             for subscription in subscriptions:
                 await subscription.cancel()
+            await self.results.drain()
             # Loops end by themselves once `lost` is set; in-flight reconciles get to finish.
             _, unfinished = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
             for task in unfinished:
@@ -157,6 +177,6 @@ class Controller:
             await sleep_until(3600, stop, self._capacity_event)
             if self._capacity_event.is_set():
                 self._capacity_event.clear()
-                for key in sorted(self.reconciler.waiting_for_capacity):
+                for key in list(self.reconciler.waiting_for_capacity):  # first come, first served
                     self.queue.add(key)
                 await sleep_until(CAPACITY_COALESCE_SECONDS, stop)

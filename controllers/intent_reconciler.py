@@ -3,19 +3,27 @@
 Level-based: the key carries only the name; each pass reads the intent, its
 approvals, its runs and the agents, and converges. Each step has the same
 signature, fits on a screen and records facts in the pass's ``Pass`` object;
-the first step that returns a result or raises ends the pass. Status is
-written once, in ``finally``, in one transaction — and only if it changed, so
-a resync of converged intents writes nothing.
+the first step that returns a result or raises ends the pass. Steps never
+write: they record what to write (status, audit events, a dispatch) and the
+pass's writes are committed once, at the end, in one transaction — and only
+if something changed, so a resync of converged intents writes nothing.
 
-Dispatch writes the run row and its outbox row in one transaction with a run
+Passes run in batches (:meth:`IntentReconciler.reconcile_many`): the intents,
+their runs, approvals and the agents are read once for the whole batch, and
+every pass's writes go into the same transaction. A commit that adds a
+thousand intents costs a few dozen transactions instead of tens of thousands;
+each pass still decides alone, from the same facts it would read by itself.
+
+Dispatch writes the run row and its outbox row in that transaction with a run
 id derived from (intent, generation, plan digest, step, attempt), so a pass
 repeated after a crash finds the run already there and dispatches nothing new.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -26,6 +34,8 @@ from chiffon.controllers.progress import MAX_ATTEMPTS, Progress, duration_histor
 from chiffon.controllers.reconcile import ReconcileError, Result, Stalled, Waiting
 from chiffon.controllers.scheduler import Decision, choose
 from chiffon.resources import (
+    Agent,
+    Approval,
     AuditEvent,
     Condition,
     ConditionStatus,
@@ -47,6 +57,7 @@ from chiffon.resources.intent import ApprovalPolicy
 from chiffon.resources.messages import RunRequest, encode_envelope, make_envelope
 from chiffon.resources.run import RunStatus
 from chiffon.store import Store
+from chiffon.store.records import Dispatch, ReconcileWrites, StatusWrite
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +72,10 @@ DEPENDENCY_RECHECK_SECONDS = 120.0
 PLAN_RETRY_SECONDS = 300.0
 RUN_RECHECK_SECONDS = 60.0
 RUN_TIMEOUT_SECONDS = 3600
+#: How many runs of an intent a pass reads: enough for progress and duration estimates.
+RUNS_READ_PER_INTENT = 200
+
+PassOutcome = Result | Exception
 
 
 def intent_key(name: str) -> str:
@@ -71,20 +86,58 @@ def name_of(key: str) -> str:
     return key.removeprefix(KIND_PREFIX)
 
 
+class Snapshot:
+    """What a batch of passes reads besides each intent and its runs, each thing at most once."""
+
+    def __init__(self, store: Store, intents: dict[str, DeploymentIntent]) -> None:
+        self._store = store
+        self._intents = intents
+        self._agents: asyncio.Task[list[Agent]] | None = None
+        self._approvals: asyncio.Task[dict[str, list[Approval]]] | None = None
+        self._others: dict[str, asyncio.Task[DeploymentIntent | None]] = {}
+
+    async def agents(self) -> list[Agent]:
+        if self._agents is None:
+            self._agents = asyncio.ensure_future(self._store.list_agents())
+        return await self._agents
+
+    async def approvals(self, name: str) -> list[Approval]:
+        """``name``'s approvals; the first call reads those of every manual intent in the batch."""
+        if self._approvals is None:
+            manual = [n for n, i in self._intents.items() if i.spec.approval is not ApprovalPolicy.AUTO]
+            self._approvals = asyncio.ensure_future(self._store.approvals_of(manual or [name]))
+        found = await self._approvals
+        if name in found or name in self._intents:
+            return found.get(name, [])
+        return await self._store.list_approvals(name)
+
+    async def intent(self, name: str) -> DeploymentIntent | None:
+        """Another intent (a dependency), as the batch read it or read now."""
+        if name in self._intents:
+            return self._intents[name]
+        if name not in self._others:
+            self._others[name] = asyncio.ensure_future(self._store.get_intent(name))
+        return await self._others[name]
+
+
 @dataclass
 class Pass:
-    """Everything one reconcile pass reads and decides."""
+    """Everything one reconcile pass reads and decides, and what it will write."""
 
     intent: DeploymentIntent
     now: datetime
     epoch: int
+    before: IntentStatus
     status: IntentStatus
+    reads: Snapshot
     runs: list[Run] = field(default_factory=list)
     plan: Plan | None = None
     progress: Progress | None = None
     decision: Decision | None = None
     stalled: ReconcileError | None = None
     blocked_reason: str | None = None
+    audits: list[AuditEvent] = field(default_factory=list)
+    dispatch: Dispatch | None = None
 
     @property
     def name(self) -> str:
@@ -128,7 +181,8 @@ class IntentReconciler:
         self._epoch = epoch
         self._on_dispatch = on_dispatch
         self._clock = clock
-        self.waiting_for_capacity: set[str] = set()
+        # Keys waiting for capacity, in the order they started waiting (an ordered set).
+        self.waiting_for_capacity: dict[str, None] = {}
         self.steps: list[StepFn] = [
             self.suspend,
             self.plan,
@@ -140,15 +194,55 @@ class IntentReconciler:
         ]
 
     async def reconcile(self, key: str) -> Result:
-        intent = await self.store.get_intent(name_of(key))
-        if intent is None:
-            self.waiting_for_capacity.discard(key)
-            return Result()  # deleted: nothing left to converge
-        before = (intent.status or IntentStatus()).model_copy(deep=True)
-        state = Pass(
-            intent=intent, now=self._clock(), epoch=self._epoch(), status=before.model_copy(deep=True)
+        """One pass over one intent: its result, or the error that ended it."""
+        outcome = (await self.reconcile_many([key])).outcomes[key]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def reconcile_many(self, keys: Sequence[str]) -> BatchOutcome:
+        """One pass over each intent, reading once for all and committing every pass's writes together."""
+        names = [name_of(key) for key in keys]
+        intents = await self.store.get_intents(names)
+        runs = await self.store.runs_of(list(intents), limit=RUNS_READ_PER_INTENT)
+        reads = Snapshot(self.store, intents)
+        outcomes: dict[str, PassOutcome] = {}
+        passes: list[tuple[str, Pass]] = []
+        for key, name in zip(keys, names, strict=True):
+            intent = intents.get(name)
+            if intent is None:
+                self.waiting_for_capacity.pop(key, None)
+                outcomes[key] = Result()  # deleted: nothing left to converge
+                continue
+            passes.append((key, self._start(intent, reads, runs.get(name, []))))
+        results = await asyncio.gather(*(self._run_steps(state) for _, state in passes))
+        outcomes.update((key, result) for (key, _), result in zip(passes, results, strict=True))
+        try:
+            created = await self.store.commit_reconcile(writes_of(state for _, state in passes))
+        except Exception as exc:  # nothing was written: every pass in the batch tries again
+            return BatchOutcome({key: exc for key in keys}, {})
+        if created:
+            crash_point(AFTER_DISPATCH)
+            self._on_dispatch()
+        ready = {state.name: is_ready(state.status) for _, state in passes}
+        ready.update((name, False) for name in names if name not in intents)
+        return BatchOutcome(outcomes, ready)
+
+    def _start(self, intent: DeploymentIntent, reads: Snapshot, runs: list[Run]) -> Pass:
+        before = intent.status or IntentStatus()
+        return Pass(
+            intent=intent,
+            now=self._clock(),
+            epoch=self._epoch(),
+            before=before,
+            # Shallow is enough: steps replace status fields (conditions are new lists),
+            # they never change a nested object in place.
+            status=before.model_copy(),
+            reads=reads,
+            runs=list(runs),
         )
-        state.runs = await self.store.list_runs(intent=state.name, limit=200)
+
+    async def _run_steps(self, state: Pass) -> PassOutcome:
         try:
             for step in self.steps:
                 result = await step(state)
@@ -159,13 +253,11 @@ class IntentReconciler:
             if isinstance(stopped, Stalled):
                 state.stalled = stopped
             state.blocked_reason = stopped.reason
-            raise
+            return stopped
+        except Exception as exc:  # backs off; the status still says what was decided
+            return exc
         finally:
             summarize(state)
-            if state.status != before:
-                await self.store.write_intent_status(
-                    state.name, state.status, expected_generation=state.generation
-                )
 
     # Steps ------------------------------------------------------------------------------
 
@@ -196,7 +288,7 @@ class IntentReconciler:
             raise Waiting(error.reason, error.message, PLAN_RETRY_SECONDS) from None
         if previous is None or previous.digest != plan.digest:
             state.status.plan = plan
-            await self._audit(
+            self._audit(
                 state,
                 "plan",
                 {"digest": plan.digest, "risk": plan.risk.value, "steps": [s.name for s in plan.steps]},
@@ -222,7 +314,7 @@ class IntentReconciler:
                 "approval: Auto approves every plan.",
             )
             return None
-        approvals = await self.store.list_approvals(state.name)
+        approvals = await state.reads.approvals(state.name)
         current = next((a for a in approvals if a.digest == digest), None)
         if current is not None and current.decision is ApprovalDecision.APPROVED:
             state.condition(
@@ -251,7 +343,7 @@ class IntentReconciler:
 
     async def dependencies(self, state: Pass) -> Result | None:
         for dependency in state.intent.spec.depends_on:
-            other = await self.store.get_intent(dependency)
+            other = await state.reads.intent(dependency)
             if other is None:
                 message = f"depends on {dependency}, which does not exist"
             elif not is_condition_true(other.status.conditions if other.status else [], ConditionType.READY):
@@ -275,26 +367,24 @@ class IntentReconciler:
             return None
         self._check_retries(state, state.progress)
         decision = choose(
-            await self.store.list_agents(),
+            await state.reads.agents(),
             state.intent.spec.resources,
             state.intent.spec.placement,
             state.now,
         )
         key = intent_key(state.name)
         if not decision.scheduled:
-            self.waiting_for_capacity.add(key)
+            self.waiting_for_capacity.setdefault(key, None)
             state.condition(
                 ConditionType.SCHEDULED, ConditionStatus.FALSE, decision.reason, decision.message + "."
             )
-            state.status.blocked_by = f"waiting for capacity: {decision.message}"
+            state.status.blocked_by = f"waiting for capacity{self._place_in_line(key)}: {decision.message}"
             if state.progress.step_index:
                 await self._pause(state, decision.message)
             raise Waiting(decision.reason, decision.message, CAPACITY_RECHECK_SECONDS)
-        self.waiting_for_capacity.discard(key)
+        self.waiting_for_capacity.pop(key, None)
         if state.reason_of(ConditionType.READY) == Reason.PAUSED:
-            await self._audit(
-                state, "resume", {"step": state.progress.step_index, "message": decision.message}
-            )
+            self._audit(state, "resume", {"step": state.progress.step_index, "message": decision.message})
         state.decision = decision
         state.condition(
             ConditionType.SCHEDULED,
@@ -324,9 +414,16 @@ class IntentReconciler:
             state.status.blocked_by = f"retrying: {message}"
             raise Waiting(Reason.APPLY_FAILED, message, wait)
 
+    def _place_in_line(self, key: str) -> str:
+        """ " (2nd of 3 in line)" when other intents wait for capacity too; capacity wakes them in order."""
+        if len(self.waiting_for_capacity) < 2:
+            return ""
+        place = list(self.waiting_for_capacity).index(key) + 1
+        return f" ({ordinal(place)} of {len(self.waiting_for_capacity)} in line)"
+
     async def _pause(self, state: Pass, why: str) -> None:
         if state.reason_of(ConditionType.READY) != Reason.PAUSED:
-            await self._audit(
+            self._audit(
                 state,
                 "pause",
                 {"step": state.progress.step_index if state.progress else None, "message": why},
@@ -347,13 +444,11 @@ class IntentReconciler:
         )
         run, request = build_run(state, current.step_index, current.attempt, state.decision.executor.id)
         envelope = make_envelope(request, message_id=run.id, correlation_id=state.intent.metadata.uid)
-        created = await self.store.dispatch_run(
-            run, routing_key=runs_queue(state.decision.executor.id), body=encode_envelope(envelope)
-        )
-        if created:
-            crash_point(AFTER_DISPATCH)
-            state.runs.append(run)
-            await self._audit(
+        state.dispatch = Dispatch(
+            run,
+            routing_key=runs_queue(state.decision.executor.id),
+            body=encode_envelope(envelope),
+            audit=self._audit_event(
                 state,
                 "dispatch",
                 {
@@ -363,8 +458,11 @@ class IntentReconciler:
                     "agent": run.agent_id,
                     "epoch": run.epoch,
                 },
-            )
-            self._on_dispatch()
+            ),
+        )
+        # Committed with the status; a run that already exists (a pass repeated after a
+        # crash) is found in ``state.runs`` by progress() and never gets here.
+        state.runs.append(run)
         state.progress = progress(state.plan, state.generation, state.runs)
         return None
 
@@ -382,7 +480,7 @@ class IntentReconciler:
             )
             state.status.blocked_by = None
             if newly:
-                await self._audit(state, "applied", {"digest": state.plan.digest})
+                self._audit(state, "applied", {"digest": state.plan.digest})
             return Result()
         running = current.in_flight
         assert running is not None and current.step_index is not None
@@ -391,23 +489,58 @@ class IntentReconciler:
             f"Step {current.step_index + 1}/{total} {running.step} is {running.status.value} "
             f"on {running.agent_id or 'an agent'} (run {running.id})."
         )
+        # While a run is in flight its error is the liveness check's note (agent offline, lost).
+        note = running.error
+        message += f" {note[0].upper()}{note[1:]}." if note else ""
         state.condition(ConditionType.READY, ConditionStatus.FALSE, Reason.APPLYING, message)
-        state.status.blocked_by = None
+        state.status.blocked_by = f"run {running.id} is {running.status.value}: {note}" if note else None
         return Result(requeue_after=RUN_RECHECK_SECONDS)
 
-    async def _audit(self, state: Pass, action: str, details: dict[str, object]) -> None:
-        await self.store.record_audit(
-            AuditEvent(
-                time=state.now,
-                actor=CONTROLLER_ACTOR,
-                action=action,
-                resource=f"{KIND_PREFIX}{state.name}",
-                service=state.intent.service,
-                outcome=Outcome.INFO if action in {"pause", "resume"} else Outcome.SUCCESS,
-                revision=state.status.source_revision,
-                details=details,
-            )
+    def _audit(self, state: Pass, action: str, details: dict[str, object]) -> None:
+        """Record an audit event, committed with the pass's status."""
+        state.audits.append(self._audit_event(state, action, details))
+
+    @staticmethod
+    def _audit_event(state: Pass, action: str, details: dict[str, object]) -> AuditEvent:
+        return AuditEvent(
+            time=state.now,
+            actor=CONTROLLER_ACTOR,
+            action=action,
+            resource=f"{KIND_PREFIX}{state.name}",
+            service=state.intent.service,
+            outcome=Outcome.INFO if action in {"pause", "resume"} else Outcome.SUCCESS,
+            revision=state.status.source_revision,
+            details=details,
         )
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """Each key's outcome, and whether each intent is Ready now (only for what was committed)."""
+
+    outcomes: dict[str, PassOutcome]
+    ready: dict[str, bool]
+
+
+def writes_of(passes: Iterable[Pass]) -> ReconcileWrites:
+    """What a batch of finished passes writes: changed statuses, audit events, dispatches."""
+    writes = ReconcileWrites()
+    for state in passes:
+        if state.status != state.before:
+            writes.statuses.append(StatusWrite(state.name, state.status, state.generation))
+        writes.audits.extend(state.audits)
+        if state.dispatch is not None:
+            writes.dispatches.append(state.dispatch)
+    return writes
+
+
+def is_ready(status: IntentStatus) -> bool:
+    return is_condition_true(status.conditions, ConditionType.READY)
+
+
+def ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 def current_progress(state: Pass) -> Progress:

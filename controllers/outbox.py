@@ -1,10 +1,11 @@
 """The outbox relay: publishes what dispatch wrote, with publisher confirms.
 
 Dispatch writes a run row and its outbox row in one transaction; this relay
-publishes pending rows in order and marks each published only after the broker
-confirmed it. A crash between publish and mark republishes the same message
-(same ``message_id`` = run id) on restart, which agents deduplicate — so a
-dispatch is never lost and never runs twice: exactly once in effect.
+publishes pending rows in order and marks them published (a batch at a time,
+in one transaction) only after the broker confirmed each. A crash between
+publish and mark republishes the same message (same ``message_id`` = run id)
+on restart, which agents deduplicate — so a dispatch is never lost and never
+runs twice: exactly once in effect.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from chiffon.bus import Bus, BusError
 from chiffon.controllers.faults import AFTER_PUBLISH, crash_point
 from chiffon.controllers.manager import sleep_until
 from chiffon.resources.messages import ProtocolError, decode_envelope
-from chiffon.store import Store, StoreError
+from chiffon.store import OutboxMessage, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +41,39 @@ class OutboxRelay:
     async def drain(self) -> int:
         """Publish every pending message once; return how many were published."""
         published = 0
-        while True:
-            pending = await self.store.pending_outbox(BATCH)
-            if not pending:
-                return published
-            for message in pending:
-                try:
-                    envelope = decode_envelope(message.body)
-                except ProtocolError:
-                    # Written by us, so this is a bug; park it rather than block the queue behind it.
-                    log.error("outbox message %s is not a valid envelope; skipping it", message.message_id)
-                    await self.store.mark_outbox_failed(message.message_id)
-                    continue
-                if message.routing_key not in self._declared:
-                    # Agents declare their own queue, but a request must never be unroutable.
-                    await self.bus.declare(message.routing_key)
-                    self._declared.add(message.routing_key)
-                await self.bus.publish(message.routing_key, envelope)
-                crash_point(AFTER_PUBLISH)
-                await self.store.mark_outbox_published(message.message_id)
-                published += 1
+        while pending := await self.store.pending_outbox(BATCH):
+            await self._declare({message.routing_key for message in pending})
+            # In flight together: the broker confirms them as a stream instead of one
+            # round trip each. Frames leave in this order, so a queue sees them in order.
+            outcomes = await asyncio.gather(*(self._publish(m) for m in pending), return_exceptions=True)
+            done = [m.message_id for m, ok in zip(pending, outcomes, strict=True) if ok is True]
+            # Marked once per batch, also when some failed: a crash before this line
+            # republishes the batch, which agents deduplicate by message id.
+            if done:
+                await self.store.mark_outbox_published(*done)
+                published += len(done)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        return published
+
+    async def _declare(self, routing_keys: set[str]) -> None:
+        # Agents declare their own queue, but a request must never be unroutable.
+        for routing_key in sorted(routing_keys - self._declared):
+            await self.bus.declare(routing_key)
+            self._declared.add(routing_key)
+
+    async def _publish(self, message: OutboxMessage) -> bool:
+        try:
+            envelope = decode_envelope(message.body)
+        except ProtocolError:
+            # Written by us, so this is a bug; park it rather than block the queue behind it.
+            log.error("outbox message %s is not a valid envelope; skipping it", message.message_id)
+            await self.store.mark_outbox_failed(message.message_id)
+            return False
+        await self.bus.publish(message.routing_key, envelope)
+        crash_point(AFTER_PUBLISH)
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0

@@ -18,7 +18,10 @@ An asyncio take on client-go's rate-limited workqueue (``util/workqueue``):
   ``Stalled`` → done until someone adds the key; anything else → per-key
   exponential backoff (:func:`backoff_delay`).
 * **A global cap.** ``max_concurrency`` workers take keys; that is the most
-  passes running at once.
+  passes (or batches of passes) running at once.
+* **Batches.** :meth:`WorkQueue.run_batches` hands each worker up to
+  ``max_batch`` ready keys at once, for a reconciler that reads and writes for
+  many keys in one go; each key's outcome is still scheduled on its own.
 * **No busy loop.** Idle workers sleep on one :class:`asyncio.Event`, set by
   every add, with a timeout that ends when the next delayed key is due.
 * **Graceful shutdown.** Once ``stop`` is set, workers take no new keys;
@@ -42,7 +45,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from chiffon.controllers.reconcile import Result, Stalled, Waiting
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 
 Reconcile = Callable[[str], Awaitable[Result]]
 Outcome = Result | Exception
+ReconcileMany = Callable[[Sequence[str]], Awaitable[Mapping[str, Outcome]]]
 
 DEFAULT_SHUTDOWN_GRACE = 30.0
 # 2.0 ** 1024 overflows a float; any sane cap is reached long before this.
@@ -172,11 +176,21 @@ class WorkQueue:
 
     async def run(self, reconcile: Reconcile, stop: asyncio.Event) -> None:
         """Reconcile keys with ``max_concurrency`` workers until ``stop`` is set and they have finished."""
+
+        async def one_at_a_time(keys: Sequence[str]) -> Mapping[str, Outcome]:
+            return {keys[0]: await _attempt(keys[0], reconcile)}
+
+        await self.run_batches(one_at_a_time, stop, max_batch=1)
+
+    async def run_batches(self, reconcile: ReconcileMany, stop: asyncio.Event, *, max_batch: int) -> None:
+        """Like :meth:`run`, with up to ``max_batch`` ready keys per call of ``reconcile``."""
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         if self._running:
             raise RuntimeError("this WorkQueue is already running")
         self._running, self._closing = True, False
         workers = [
-            asyncio.create_task(self._worker(reconcile), name=f"workqueue-worker-{n}")
+            asyncio.create_task(self._worker(reconcile, max_batch), name=f"workqueue-worker-{n}")
             for n in range(self._max_concurrency)
         ]
         try:
@@ -198,23 +212,24 @@ class WorkQueue:
                 self._shutdown_grace,
             )
 
-    async def _worker(self, reconcile: Reconcile) -> None:
-        while (key := await self._take()) is not None:
-            await self._process(key, reconcile)
+    async def _worker(self, reconcile: ReconcileMany, max_batch: int) -> None:
+        while keys := await self._take(max_batch):
+            await self._process(keys, reconcile)
 
-    async def _take(self) -> str | None:
-        """The next ready key, now marked in flight; None once the queue is closing."""
+    async def _take(self, most: int) -> list[str]:
+        """Up to ``most`` ready keys, oldest first, now marked in flight; [] once the queue is closing."""
         while not self._closing:
             self._promote_due()
             if self._ready:
-                key = next(iter(self._ready))
-                del self._ready[key]
-                self._in_flight.add(key)
-                return key
+                keys = list(itertools.islice(self._ready, most))
+                for key in keys:
+                    del self._ready[key]
+                self._in_flight.update(keys)
+                return keys
             # No await between the check above and this clear, so no add is missed.
             self._wakeup.clear()
             await self._sleep(self._next_due_in())
-        return None
+        return []
 
     async def _sleep(self, seconds: float | None) -> None:
         """Sleep until an add, or for ``seconds`` (None: until an add)."""
@@ -222,16 +237,18 @@ class WorkQueue:
             async with asyncio.timeout(seconds):
                 await self._wakeup.wait()
 
-    async def _process(self, key: str, reconcile: Reconcile) -> None:
+    async def _process(self, keys: list[str], reconcile: ReconcileMany) -> None:
         try:
-            outcome = await _attempt(key, reconcile)
+            outcomes = await _attempt_many(keys, reconcile)
         except BaseException:
-            # Cut short (shutdown cancelled it): queue it again for a later run().
-            self._finish(key)
-            self.add(key)
+            # Cut short (shutdown cancelled it): queue them again for a later run().
+            for key in keys:
+                self._finish(key)
+                self.add(key)
             raise
-        self._finish(key)
-        self._schedule(key, outcome)
+        for key in keys:
+            self._finish(key)
+            self._schedule(key, outcomes[key])
 
     def _finish(self, key: str) -> None:
         self._in_flight.discard(key)
@@ -274,6 +291,15 @@ async def _attempt(key: str, reconcile: Reconcile) -> Outcome:
         return await reconcile(key)
     except Exception as exc:  # every failure is an outcome to schedule, never a reason to stop
         return exc
+
+
+async def _attempt_many(keys: list[str], reconcile: ReconcileMany) -> dict[str, Outcome]:
+    try:
+        outcomes = await reconcile(keys)
+    except Exception as exc:  # the whole batch failed: each key backs off
+        return dict.fromkeys(keys, exc)
+    missing = RuntimeError("the reconciler returned no outcome for this key")
+    return {key: outcomes.get(key, missing) for key in keys}
 
 
 def _log_outcome(key: str, outcome: Outcome, decision: Next) -> None:

@@ -22,6 +22,7 @@ from chiffon.resources.run import HostStats, ResourceUsage
 PROTOCOL = "chiffon/v1"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_EVENT_OUTPUT = 4096
+MAX_HEARTBEAT_RUNS = 1000
 
 
 class MessageType(StrEnum):
@@ -101,8 +102,19 @@ class Heartbeat(Model):
     labels: dict[str, str] = Field(default_factory=dict)
     online: bool = True
     capacity: Capacity
-    interval_seconds: float = Field(default=15, gt=0)
+    interval_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds until the next heartbeat; when absent the controller assumes its own "
+        "setting (15 s by default)",
+    )
     version: str | None = None
+    runs: list[str] | None = Field(
+        default=None,
+        max_length=MAX_HEARTBEAT_RUNS,
+        description="ids of the runs this agent accepted and still owes a RunResult for (empty when "
+        "idle); absent from agents that do not run playbooks",
+    )
 
 
 class AgentOffline(Model):

@@ -37,6 +37,22 @@ async def insert_new_runs(session: AsyncSession, runs: Sequence[Run], now: datet
     return set(result.scalars().all())
 
 
+async def upsert_runs(session: AsyncSession, runs: Sequence[Run], now: datetime) -> None:
+    """Insert or update runs by id; ``created_at`` is kept from the first write."""
+    if not runs:
+        return
+    statement = await dialect_insert(session, RunRow)
+    changes = {
+        column.name: statement.excluded[column.name]
+        for column in RunRow.__table__.columns
+        if column.name not in ("id", "created_at")
+    }
+    await session.execute(
+        statement.on_conflict_do_update(index_elements=["id"], set_=changes),
+        [convert.run_values(run, now) for run in runs],
+    )
+
+
 async def insert_outbox(
     session: AsyncSession, messages: Sequence[tuple[str, str, bytes]], now: datetime
 ) -> None:

@@ -133,15 +133,6 @@ def intent_from_rows(resource: ResourceRow, status: ResourceStatusRow | None) ->
     )
 
 
-def source_of(resource: ResourceRow) -> SourceRef:
-    return SourceRef(
-        source_name=resource.source_name,
-        path=resource.source_path,
-        blob=resource.source_blob,
-        revision=resource.source_revision,
-    )
-
-
 async def upsert_intent(
     session: AsyncSession, intent: DeploymentIntent, source: SourceRef, now: datetime
 ) -> UpsertResult:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Literal, get_args
 
 from chiffon.resources import AuditEvent, IntentStatus, Run
+from chiffon.resources.messages import AnsibleEvent
 
 UpsertOutcome = Literal["created", "configured", "unchanged"]
 SuggestionStatus = Literal["open", "accepted", "dismissed", "implemented"]
@@ -72,6 +73,15 @@ class ReconcileWrites:
 
     def __bool__(self) -> bool:
         return bool(self.statuses or self.dispatches or self.audits)
+
+
+@dataclass
+class RunWrites:
+    """What agents' reports change: runs to save, events to append, audit events to record."""
+
+    runs: list[Run] = field(default_factory=list)
+    events: list[tuple[str, list[AnsibleEvent]]] = field(default_factory=list)
+    audits: list[AuditEvent] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

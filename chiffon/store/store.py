@@ -13,12 +13,14 @@ Connection failures inside either become :class:`StoreError`.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import ColumnElement, delete, func, or_, select, text, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -31,6 +33,7 @@ from chiffon.resources import (
     IntentStatus,
     Outcome,
     Run,
+    RunStatus,
     SourceStatus,
 )
 from chiffon.resources.messages import AnsibleEvent
@@ -46,6 +49,7 @@ from chiffon.store.records import (
     LlmUsage,
     OutboxMessage,
     ReconcileWrites,
+    RunWrites,
     SourceRef,
     Suggestion,
     SuggestionStatus,
@@ -67,8 +71,12 @@ from chiffon.store.tables import (
     SuggestionRow,
 )
 
+log = logging.getLogger(__name__)
+
 # Rows per INSERT of run events: well under both backends' bound-parameter limits.
 _EVENT_CHUNK = 500
+# Agents per INSERT of a heartbeat batch (8 columns each): under both backends' parameter limits.
+_AGENT_CHUNK = 500
 
 
 def _utcnow() -> datetime:
@@ -85,6 +93,10 @@ class Store:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         # Lock connections for leader election, made on first use (PostgreSQL only).
         self._leader_engine: AsyncEngine | None = None
+        # SQLite has one writer at a time. Writers of this process queue here rather than
+        # in SQLite's busy handler, which sleeps up to 100 ms between tries; other
+        # processes on the same file still wait through busy_timeout.
+        self._sqlite_writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @classmethod
     def from_url(cls, url: str, *, schema: str | None = None, echo: bool = False) -> Store:
@@ -163,7 +175,8 @@ class Store:
 
     @asynccontextmanager
     async def _transaction(self, *, write: bool) -> AsyncIterator[AsyncSession]:
-        async with self._connection_errors(), self._sessions() as session, session.begin():
+        queue = self._sqlite_writer if write and self._sqlite_writer is not None else nullcontext()
+        async with queue, self._connection_errors(), self._sessions() as session, session.begin():
             # Procure the connection now, with the option the SQLite BEGIN hook reads.
             await session.connection(execution_options={WRITE: write})
             yield session
@@ -242,12 +255,13 @@ class Store:
 
     async def intent_sources(self, source_name: str) -> dict[str, SourceRef]:
         """Intent name -> where it was read from, for the intents of one source."""
-        statement = select(ResourceRow).where(
-            ResourceRow.kind == intents.KIND, ResourceRow.source_name == source_name
-        )
+        # Four short columns, not whole rows: a resync of 10,000 intents reads this every time.
+        statement = select(
+            ResourceRow.name, ResourceRow.source_path, ResourceRow.source_blob, ResourceRow.source_revision
+        ).where(ResourceRow.kind == intents.KIND, ResourceRow.source_name == source_name)
         async with self._read() as session:
-            rows = (await session.scalars(statement)).all()
-        return {row.name: intents.source_of(row) for row in rows}
+            rows = (await session.execute(statement)).all()
+        return {name: SourceRef(source_name, path, blob, revision) for name, path, blob, revision in rows}
 
     async def delete_intents(self, names: Iterable[str]) -> list[str]:
         """Delete intents (their status goes with them); returns the names that existed."""
@@ -460,6 +474,39 @@ class Store:
                 found.setdefault(row.intent, []).append(convert.model_from_row(Run, row))
         return found
 
+    async def update_runs(
+        self, run_ids: Iterable[str], decide: Callable[[dict[str, Run]], RunWrites]
+    ) -> RunWrites:
+        """Read runs, let ``decide`` (pure) say what to write, and write it: one transaction.
+
+        The runs are locked while ``decide`` looks at them, so a concurrent writer
+        (another report, the liveness check) never overwrites what it did not see.
+        Events for runs that are not in the database are dropped with a warning.
+        """
+        async with self._write() as session:
+            runs: dict[str, Run] = {}
+            for chunk in intents.chunked(sorted(set(run_ids))):
+                statement = select(RunRow).where(RunRow.id.in_(chunk)).with_for_update()
+                for row in (await session.scalars(statement)).all():
+                    runs[row.id] = convert.model_from_row(Run, row)
+            writes = decide(runs)
+            now = _utcnow()
+            await bulk.upsert_runs(session, writes.runs, now)
+            rows = []
+            for run_id, events in writes.events:
+                if run_id not in runs:
+                    log.warning("dropped %d events of unknown run %s", len(events), run_id)
+                    continue
+                unique = {event.seq: event for event in events}
+                rows += [
+                    {"run_id": run_id, "seq": seq, "event": event.to_wire(), "created_at": now}
+                    for seq, event in sorted(unique.items())
+                ]
+            for start in range(0, len(rows), _EVENT_CHUNK):
+                await self._insert_events(session, rows[start : start + _EVENT_CHUNK])
+            await bulk.insert_audits(session, writes.audits)
+        return writes
+
     async def append_run_events(self, run_id: str, events: Sequence[AnsibleEvent]) -> int:
         """Store a run's events; an event whose ``seq`` is already stored is ignored.
 
@@ -512,6 +559,23 @@ class Store:
             await session.execute(
                 insert.values(**values).on_conflict_do_update(index_elements=["id"], set_=changes)
             )
+
+    async def upsert_agents(self, agents: Sequence[Agent]) -> None:
+        """Insert or update many agents in one transaction (a batch of heartbeats); the last of
+        one id wins. The same as :meth:`upsert_agent` for each, in a few statements."""
+        latest = {agent.id: agent for agent in agents}
+        if not latest:
+            return
+        now = _utcnow()
+        rows = [convert.agent_values(agent, now) for agent in latest.values()]
+        async with self._write() as session:
+            insert = await dialect_insert(session, AgentRow)
+            changes = {name: insert.excluded[name] for name in rows[0] if name != "id"}
+            for start in range(0, len(rows), _AGENT_CHUNK):
+                chunk = rows[start : start + _AGENT_CHUNK]
+                await session.execute(
+                    insert.values(chunk).on_conflict_do_update(index_elements=["id"], set_=changes)
+                )
 
     async def list_agents(self) -> list[Agent]:
         async with self._read() as session:
@@ -717,6 +781,93 @@ class Store:
         async with self._read() as session:
             row = await session.get(AgentRow, agent_id)
         return convert.model_from_row(Agent, row) if row is not None else None
+
+    # -- liveness (controllers/liveness.py) ----------------------------------------------------
+
+    async def agent_presence(self) -> list[Agent]:
+        """Every agent's id, kind, online flag and last heartbeat, without labels or capacity:
+        cheap enough to read every few seconds with a thousand agents."""
+        statement = select(AgentRow.id, AgentRow.kind, AgentRow.online, AgentRow.last_seen).order_by(
+            AgentRow.id
+        )
+        async with self._read() as session:
+            rows = (await session.execute(statement)).all()
+        return [
+            Agent.model_validate({"id": id_, "kind": kind, "online": online, "last_seen": last_seen})
+            for id_, kind, online, last_seen in rows
+        ]
+
+    async def runs_in_flight(self, *, limit: int = 10_000) -> list[Run]:
+        """Runs not finished yet (pending, starting, running, unknown), oldest first."""
+        unfinished = [status.value for status in RunStatus if not status.finished]
+        statement = (
+            select(RunRow)
+            .where(RunRow.status.in_(unfinished))
+            .order_by(RunRow.created_at, RunRow.id)
+            .limit(limit)
+        )
+        async with self._read() as session:
+            rows = (await session.scalars(statement)).all()
+        return [convert.model_from_row(Run, row) for row in rows]
+
+    async def mark_agent_offline(
+        self, agent_id: str, *, seen: datetime | None, audit: AuditEvent | None = None
+    ) -> bool:
+        """Set an agent offline unless it heartbeated after ``seen`` (its last heartbeat as read),
+        recording ``audit`` in the same transaction. False, writing nothing, if a newer heartbeat won."""
+        no_newer: ColumnElement[bool] = AgentRow.last_seen.is_(None)
+        if seen is not None:
+            no_newer = or_(no_newer, AgentRow.last_seen <= seen)
+        statement = (
+            update(AgentRow)
+            .where(AgentRow.id == agent_id, no_newer)
+            .values(online=False, updated_at=_utcnow())
+            .returning(AgentRow.id)
+        )
+        return await self._update_and_audit(statement, audit)
+
+    async def mark_agent_online(self, agent_id: str, *, audit: AuditEvent | None = None) -> bool:
+        """Set an agent online (it heartbeats again), recording ``audit`` in the same transaction."""
+        statement = (
+            update(AgentRow)
+            .where(AgentRow.id == agent_id)
+            .values(online=True, updated_at=_utcnow())
+            .returning(AgentRow.id)
+        )
+        return await self._update_and_audit(statement, audit)
+
+    async def set_run_status(
+        self,
+        run_id: str,
+        *,
+        expected: RunStatus,
+        status: RunStatus,
+        error: str | None,
+        finished_at: datetime | None = None,
+        audit: AuditEvent | None = None,
+    ) -> bool:
+        """Compare-and-set: give a run ``status`` and ``error`` (and ``finished_at``, when given)
+        only if its status is still ``expected``, recording ``audit`` in the same transaction.
+        False, writing nothing, if something else (a result) changed the run first."""
+        values: dict[str, Any] = {"status": status.value, "error": error}
+        if finished_at is not None:
+            values["finished_at"] = finished_at
+        statement = (
+            update(RunRow)
+            .where(RunRow.id == run_id, RunRow.status == expected.value)
+            .values(**values)
+            .returning(RunRow.id)
+        )
+        return await self._update_and_audit(statement, audit)
+
+    async def _update_and_audit(self, statement: Any, audit: AuditEvent | None) -> bool:
+        async with self._write() as session:
+            result = await session.execute(statement, execution_options={"synchronize_session": False})
+            if result.scalar_one_or_none() is None:
+                return False
+            if audit is not None:
+                session.add(AuditEventRow(**convert.audit_values(audit)))
+        return True
 
 
 def _check_suggestion_status(status: str) -> str:

@@ -408,3 +408,45 @@ async def test_a_new_generation_with_an_applied_digest_runs_nothing(world: World
     assert kuma is not None and kuma.metadata.generation == 2
     assert await world.condition("kuma", "Ready") == ("True", "Applied")
     assert len(await world.outbox_requests()) == 1
+
+
+async def test_a_batch_decides_like_single_passes_and_commits_once(world: World) -> None:
+    names = [f"svc-{index}" for index in range(6)]
+    for name in names:
+        await world.put(intent_text(name, approval="Auto"))
+    await world.put(intent_text("manual", approval="Manual"))
+    await world.put(intent_text("after", approval="Auto", depends="svc-0"))
+    await world.heartbeat()
+    keys = [intent_key(name) for name in [*names, "manual", "after", "ghost"]]
+
+    batch = await world.reconciler.reconcile_many(keys)
+
+    assert world.dispatches == [1]  # one commit woke the relay once for all six dispatches
+    assert sorted(r.intent for r in await world.outbox_requests()) == names
+    assert isinstance(batch.outcomes[intent_key("manual")], Waiting)
+    after = batch.outcomes[intent_key("after")]
+    assert isinstance(after, Waiting) and after.reason == "WaitingForDependency"
+    assert batch.outcomes[intent_key("ghost")] == Result()
+    assert batch.ready == {**dict.fromkeys([*names, "manual", "after"], False), "ghost": False}
+    assert await world.condition("manual", "Approved") == ("False", "AwaitingApproval")
+    dispatched = await world.store.list_audit(action="dispatch", limit=100)
+    assert sorted(event.resource for event in dispatched) == [f"DeploymentIntent/{n}" for n in names]
+
+    # Again, as after a crash right after the commit: nothing is dispatched twice.
+    await world.reconciler.reconcile_many(keys)
+    assert len(await world.outbox_requests()) == len(names)
+    assert len(await world.store.list_audit(action="dispatch", limit=100)) == len(names)
+
+
+async def test_intents_waiting_for_capacity_are_told_their_place_in_line(world: World) -> None:
+    await world.heartbeat()
+    names = ("first", "second", "third")
+    for name in names:
+        await world.put(intent_text(name, approval="Auto", gpu=8192))
+        await world.reconcile(name)
+    # Capacity appearing wakes them in the order they started waiting; still no room.
+    assert list(world.reconciler.waiting_for_capacity) == [intent_key(n) for n in names]
+    await world.reconciler.reconcile_many(list(world.reconciler.waiting_for_capacity))
+    intent = await world.store.get_intent("second")
+    assert intent is not None and intent.status is not None and intent.status.blocked_by is not None
+    assert intent.status.blocked_by.startswith("waiting for capacity (2nd of 3 in line): ")

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
@@ -458,3 +458,93 @@ async def test_run_twice_at_once_is_refused() -> None:
         await asyncio.sleep(0)
         with pytest.raises(RuntimeError, match="already running"):
             await queue.run(Reconciler(), asyncio.Event())
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+
+class BatchReconciler:
+    """Records the batches it is handed; answers each key from a script (default Result())."""
+
+    def __init__(self, script: dict[str, Outcome] | None = None, *, fail_whole_batch: bool = False) -> None:
+        self.script = script or {}
+        self.fail_whole_batch = fail_whole_batch
+        self.batches: list[list[str]] = []
+        self.gate = asyncio.Event()
+
+    async def __call__(self, keys: Sequence[str]) -> Mapping[str, Outcome]:
+        self.batches.append(list(keys))
+        await self.gate.wait()
+        if self.fail_whole_batch:
+            raise RuntimeError("database unreachable")
+        return {key: self.script.get(key, Result()) for key in keys if key != "DeploymentIntent/forgotten"}
+
+
+@asynccontextmanager
+async def running_batches(queue: WorkQueue, reconcile: BatchReconciler, most: int) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(queue.run_batches(reconcile, stop, max_batch=most))
+    try:
+        yield
+    finally:
+        stop.set()
+        reconcile.gate.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_batches_take_ready_keys_oldest_first_up_to_max_batch() -> None:
+    queue = WorkQueue(max_concurrency=2)
+    reconciler = BatchReconciler()
+    keys = [f"DeploymentIntent/k{index}" for index in range(7)]
+    for key in keys:
+        queue.add(key)
+    async with running_batches(queue, reconciler, 3):
+        await eventually(lambda: len(reconciler.batches) == 2)
+        # Two workers, three keys each; the seventh waits for a worker.
+        assert reconciler.batches == [keys[0:3], keys[3:6]]
+        assert queue.in_flight == 6 and len(queue) == 1
+        queue.add(keys[0])  # in flight: dirty, never handed to a second worker
+        reconciler.gate.set()
+        await eventually(lambda: len(reconciler.batches) >= 3 and queue.in_flight == 0 and len(queue) == 0)
+    handed = [key for batch in reconciler.batches for key in batch]
+    assert sorted(handed) == sorted([*keys, keys[0]])
+
+
+async def test_each_key_of_a_batch_is_scheduled_by_its_own_outcome() -> None:
+    clock = FakeClock()
+    queue = WorkQueue(max_concurrency=1, clock=clock)
+    reconciler = BatchReconciler(
+        {
+            "DeploymentIntent/waiting": Waiting("AwaitingApproval", "waiting", 600),
+            "DeploymentIntent/broken": RuntimeError("boom"),
+        }
+    )
+    reconciler.gate.set()
+    for name in ("fine", "waiting", "broken", "forgotten"):
+        queue.add(f"DeploymentIntent/{name}")
+    async with running_batches(queue, reconciler, 10):
+        await eventually(lambda: len(reconciler.batches) == 1 and queue.in_flight == 0)
+        assert queue.failures("DeploymentIntent/fine") == 0
+        assert queue.failures("DeploymentIntent/waiting") == 0
+        assert queue.failures("DeploymentIntent/broken") == 1
+        # A key the reconciler forgot to answer for is a failure, not silently done.
+        assert queue.failures("DeploymentIntent/forgotten") == 1
+        clock.advance(1.0)
+        assert queue.position("DeploymentIntent/broken") is not None
+        assert queue.position("DeploymentIntent/waiting") is None
+
+
+async def test_a_batch_that_raises_backs_off_every_key_in_it() -> None:
+    queue = WorkQueue(max_concurrency=1, clock=FakeClock())
+    reconciler = BatchReconciler(fail_whole_batch=True)
+    reconciler.gate.set()
+    queue.add("DeploymentIntent/a")
+    queue.add("DeploymentIntent/b")
+    async with running_batches(queue, reconciler, 10):
+        await eventually(lambda: len(reconciler.batches) == 1 and queue.in_flight == 0)
+        assert queue.failures("DeploymentIntent/a") == queue.failures("DeploymentIntent/b") == 1
+
+
+def test_max_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        asyncio.run(WorkQueue().run_batches(BatchReconciler(), asyncio.Event(), max_batch=0))
