@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # for `tests.agentsim` when bench was found through PYTHONPATH
     sys.path.insert(0, str(ROOT))
 
+from bench.remote_agent import RemoteAgent  # noqa: E402
 from chiffon.bus import Bus, Delivery, open_bus  # noqa: E402
 from chiffon.controllers.controller import Controller  # noqa: E402
 from chiffon.controllers.planner import Planner  # noqa: E402
@@ -450,7 +451,7 @@ class TimedAgent(RecordingAgent):
 class Harness:
     setup: Setup
     repo: GitRepo
-    agent: TimedAgent
+    agent: TimedAgent | RemoteAgent
     controller: Controller
     source: GitSource
     meter: StoreMeter
@@ -497,7 +498,11 @@ async def running_controller(setup: Setup, *, syntax_check: bool = True) -> Asyn
     store = cast(Store, meter)  # the counting proxy stands in for the Store
     source = GitSource(SourceConfig(str(repo.path), setup.tmp / "checkout"), store)
     controller = Controller(store, await setup.bus(), source, Planner(infra, syntax_check=syntax_check))
-    agent = TimedAgent(await setup.bus())
+    # Distributed: the agent is another process, as it is in production (its decoding and
+    # answering must not be charged to the controller). Embedded: the in-process bus.
+    agent: TimedAgent | RemoteAgent = (
+        RemoteAgent(AMQP_URL, setup.prefix) if setup.name == "distributed" else TimedAgent(await setup.bus())
+    )
     harness = Harness(setup, repo, agent, controller, source, meter)
     _instrument(harness)
     lost = asyncio.Event()
@@ -560,7 +565,7 @@ def _instrument(harness: Harness) -> None:
     harness.source.subscribe(on_sync)
 
 
-async def _heartbeats(agent: RecordingAgent, stop: asyncio.Event) -> None:
+async def _heartbeats(agent: TimedAgent | RemoteAgent, stop: asyncio.Event) -> None:
     """Keep the agent online (offline after 90 s of silence) for long runs."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):

@@ -72,15 +72,13 @@ class Controller:
         self.liveness = Liveness(store, liveness, enqueue=self.enqueue, on_capacity=self._capacity_appeared)
         self._capacity_event = asyncio.Event()
         self._ready: set[str] = set()
-        # name -> intents that depend on it; rebuilt after a sync, not on every Ready
-        self._dependents: dict[str, set[str]] | None = None
+        self.dependents = Dependents()
         source.subscribe(self._source_changed)
 
     def enqueue(self, name: str) -> None:
         self.queue.add(intent_key(name))
 
     async def _source_changed(self, names: Sequence[str]) -> None:
-        self._dependents = None
         for name in names:
             self.enqueue(name)
 
@@ -96,28 +94,21 @@ class Controller:
 
     async def reconcile_batch(self, keys: Sequence[str]) -> Mapping[str, Result | Exception]:
         batch = await self.reconciler.reconcile_many(keys)
-        await self._wake_dependents(batch.ready)
+        for name in batch.ready:  # every intent of a committed batch, deleted ones too
+            self.dependents.track(name, batch.depends_on.get(name, ()))
+        self._wake_dependents(batch.ready)
         return batch.outcomes
 
-    async def _wake_dependents(self, ready_now: Mapping[str, bool]) -> None:
+    def _wake_dependents(self, ready_now: Mapping[str, bool]) -> None:
         """When an intent turns Ready, the intents that depend on it may proceed."""
         for name, ready in ready_now.items():
             if ready and name not in self._ready:
-                for dependent in sorted((await self._dependents_index()).get(name, ())):
+                for dependent in self.dependents.of(name):
                     self.enqueue(dependent)
             if ready:
                 self._ready.add(name)
             else:
                 self._ready.discard(name)
-
-    async def _dependents_index(self) -> dict[str, set[str]]:
-        if self._dependents is None:
-            index: dict[str, set[str]] = {}
-            for other in await self.store.list_intents():
-                for dependency in other.spec.depends_on:
-                    index.setdefault(dependency, set()).add(other.metadata.name)
-            self._dependents = index
-        return self._dependents
 
     # Leading ------------------------------------------------------------------------------
 
@@ -180,3 +171,30 @@ class Controller:
                 for key in list(self.reconciler.waiting_for_capacity):  # first come, first served
                     self.queue.add(key)
                 await sleep_until(CAPACITY_COALESCE_SECONDS, stop)
+
+
+class Dependents:
+    """Which intents depend on which, as the reconciler last saw each one.
+
+    Learnt from the passes themselves, never by listing every intent: every
+    intent is reconciled when the controller takes the lead and whenever its
+    file changes, and one not seen yet reads its dependencies' state when its
+    own pass comes, so nothing it needs to be woken for is missed.
+    """
+
+    def __init__(self) -> None:
+        self._needs: dict[str, tuple[str, ...]] = {}  # intent -> what it depends on
+        self._needed_by: dict[str, set[str]] = {}  # intent -> what depends on it
+
+    def track(self, name: str, depends_on: Sequence[str]) -> None:
+        """Record what ``name`` depends on now (nothing, when it was deleted)."""
+        for old in self._needs.pop(name, ()):
+            self._needed_by.get(old, set()).discard(name)
+        if depends_on:
+            self._needs[name] = tuple(depends_on)
+            for dependency in depends_on:
+                self._needed_by.setdefault(dependency, set()).add(name)
+
+    def of(self, name: str) -> list[str]:
+        """The intents that depend on ``name``, sorted."""
+        return sorted(self._needed_by.get(name, ()))

@@ -220,13 +220,14 @@ class IntentReconciler:
         try:
             created = await self.store.commit_reconcile(writes_of(state for _, state in passes))
         except Exception as exc:  # nothing was written: every pass in the batch tries again
-            return BatchOutcome({key: exc for key in keys}, {})
+            return BatchOutcome({key: exc for key in keys}, {}, {})
         if created:
             crash_point(AFTER_DISPATCH)
             self._on_dispatch()
         ready = {state.name: is_ready(state.status) for _, state in passes}
         ready.update((name, False) for name in names if name not in intents)
-        return BatchOutcome(outcomes, ready)
+        depends_on = {name: tuple(intent.spec.depends_on) for name, intent in intents.items()}
+        return BatchOutcome(outcomes, ready, depends_on)
 
     def _start(self, intent: DeploymentIntent, reads: Snapshot, runs: list[Run]) -> Pass:
         before = intent.status or IntentStatus()
@@ -516,10 +517,12 @@ class IntentReconciler:
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    """Each key's outcome, and whether each intent is Ready now (only for what was committed)."""
+    """Each key's outcome, whether each intent is Ready now (only for what was committed),
+    and what each intent that exists depends on."""
 
     outcomes: dict[str, PassOutcome]
     ready: dict[str, bool]
+    depends_on: dict[str, tuple[str, ...]]
 
 
 def writes_of(passes: Iterable[Pass]) -> ReconcileWrites:

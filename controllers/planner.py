@@ -56,7 +56,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Generic, TypeVar
@@ -977,6 +977,10 @@ class _Prepared:
     inventory: _InventoryContent
 
 
+#: Steps (playbook, role) and inventory: what decides which files a plan reads.
+_PrepareKey = tuple[tuple[tuple[str | None, str | None], ...], str | None]
+
+
 class Planner:
     """Plans intents against one homelab-infra checkout; keep one per checkout to share its caches.
 
@@ -995,6 +999,8 @@ class Planner:
         self._configs: _BoundedCache[str, _AnsibleConfig] = _BoundedCache(100)
         # One semaphore per event loop: tests and tools may drive one Planner from several loops.
         self._limits: dict[int, asyncio.Semaphore] = {}
+        # File walks under way, by what they walk (see _prepared).
+        self._walks: dict[_PrepareKey, asyncio.Future[_Prepared]] = {}
 
     async def plan(
         self,
@@ -1006,8 +1012,7 @@ class Planner:
         now: datetime,
     ) -> Plan:
         """The plan for ``intent`` as the checkout stands now, or PlanError saying what to fix."""
-        # Reading and hashing files is blocking work; keep it off the event loop.
-        prepared = await asyncio.to_thread(self._prepare, intent)
+        prepared = await self._prepared(intent)
         await self._lint(prepared)
         spec = intent.spec
         hashes = [content.hash for content in prepared.steps]
@@ -1025,6 +1030,36 @@ class Planner:
             estimated_duration_seconds=estimate_duration([history_key(s) for s in spec.steps], history),
             created_at=now,
         )
+
+    async def _prepared(self, intent: DeploymentIntent) -> _Prepared:
+        """The steps' files, resolved and hashed — one walk shared by the plans made meanwhile.
+
+        Plans of intents whose steps run the same playbooks and roles against the
+        same inventory, asked for while a walk is under way (a batch planning a
+        thousand new intents), wait for that walk instead of each starting one.
+        A plan asked for after it ended walks again, so an edit in homelab-infra
+        is seen by the next plan. Failures are never shared: their messages name
+        the intent's own steps.
+        """
+        steps = intent.spec.steps
+        key: _PrepareKey = (tuple((step.playbook, step.role) for step in steps), intent.spec.inventory)
+        walk = self._walks.get(key)
+        if walk is None:
+            # Reading and hashing files is blocking work; keep it off the event loop.
+            walk = asyncio.ensure_future(asyncio.to_thread(self._prepare, intent))
+            self._walks[key] = walk
+            walk.add_done_callback(lambda done: self._walk_ended(key, done))
+        try:
+            shared = await asyncio.shield(walk)
+        except PlanError:
+            return await asyncio.to_thread(self._prepare, intent)
+        contents = [replace(content, step=step) for content, step in zip(shared.steps, steps, strict=True)]
+        return _Prepared(steps=contents, inventory=shared.inventory)
+
+    def _walk_ended(self, key: _PrepareKey, walk: asyncio.Future[_Prepared]) -> None:
+        self._walks.pop(key, None)
+        if not walk.cancelled():
+            walk.exception()  # seen by whoever awaited it; retrieved here so none is "never retrieved"
 
     # -- resolving and hashing (runs in a worker thread) ----------------------------------------
 

@@ -270,7 +270,7 @@ async def put_statuses(
     if not statuses:
         return
     rows = [{"uid": uid, **status_values(status, now)} for uid, status in statuses]
-    insert = await dialect_insert(session, ResourceStatusRow)
+    insert = await dialect_insert(session, ResourceStatusRow.__table__)
     replace = {column: insert.excluded[column] for column in ("status", "observed_generation", "updated_at")}
     await session.execute(insert.on_conflict_do_update(index_elements=["uid"], set_=replace), rows)
 
@@ -334,9 +334,11 @@ async def _insert_many(
     for intent, source in items:
         spec = intent.spec_wire()
         rows.append(_new_row(str(uuid.uuid4()), intent, spec, spec_hash(spec), source, now))
-    insert = await dialect_insert(session, ResourceRow)
-    statement = insert.on_conflict_do_nothing(index_elements=["kind", "name"]).returning(
-        ResourceRow.name, ResourceRow.uid
+    table = ResourceRow.__table__
+    statement = (
+        (await dialect_insert(session, table))
+        .on_conflict_do_nothing(index_elements=["kind", "name"])
+        .returning(table.c.name, table.c.uid)
     )
     inserted = dict((await session.execute(statement, rows)).tuples().all())
     sources = {intent.metadata.name: source for intent, source in items}
