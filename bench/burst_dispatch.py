@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.common import (
     BENCH_AUTHOR,
+    GcPauses,
     Harness,
     exit_status,
     intent_files,
@@ -57,7 +58,7 @@ async def burst_on(harness: Harness, args: argparse.Namespace, *, first: int = 1
     cpu_before = time.process_time()
     dispatched: float | None = None
     ready: float | None = None
-    with observed() as seen, maybe_profile(args.profile):
+    with observed() as seen, GcPauses() as gc_pauses, maybe_profile(args.profile):
         syncs_before = len(harness.syncs)
         await harness.repo.commit(files, f"add {count} intents", BENCH_AUTHOR)
         committed = time.monotonic()
@@ -116,6 +117,7 @@ async def burst_on(harness: Harness, args: argparse.Namespace, *, first: int = 1
                 (store_use["write_transactions"] + store_use["read_transactions"]) / count, 1
             ),
             "process_cpu_s": round(cpu, 2),
+            "gc_pauses": gc_pauses.summary(),
             "warmup_s": harness.warmup_seconds,
             "notes": [
                 *harness.warmup_notes(),

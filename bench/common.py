@@ -438,8 +438,9 @@ class TimedAgent(RecordingAgent):
 
     async def wait_for(self, names: Sequence[str], *, within: float) -> None:
         """Until a RunRequest for every one of ``names`` has arrived; TimeoutError after ``within`` s."""
+        missing = set(names)
         async with asyncio.timeout(within):
-            while any(name not in self.arrivals for name in names):
+            while missing := missing - self.arrivals.keys():
                 self._arrived.clear()
                 await self._arrived.wait()
 

@@ -125,8 +125,9 @@ class RemoteAgent:
         return sorted(set(self._repeats))
 
     async def wait_for(self, names: list[str], *, within: float) -> None:
+        missing = set(names)
         async with asyncio.timeout(within):
-            while any(name not in self.arrivals for name in names):
+            while missing := missing - self.arrivals.keys():
                 self._arrived.clear()
                 await self._arrived.wait()
 

@@ -203,8 +203,7 @@ class IntentReconciler:
     async def reconcile_many(self, keys: Sequence[str]) -> BatchOutcome:
         """One pass over each intent, reading once for all and committing every pass's writes together."""
         names = [name_of(key) for key in keys]
-        intents = await self.store.get_intents(names)
-        runs = await self.store.runs_of(list(intents), limit=RUNS_READ_PER_INTENT)
+        intents, runs = await self.store.intents_and_runs(names, runs_each=RUNS_READ_PER_INTENT)
         reads = Snapshot(self.store, intents)
         outcomes: dict[str, PassOutcome] = {}
         passes: list[tuple[str, Pass]] = []

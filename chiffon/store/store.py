@@ -242,15 +242,33 @@ class Store:
         wanted = dict(label_selector)
         return [i for i in found if all(i.metadata.labels.get(k) == v for k, v in wanted.items())]
 
+    async def intents_and_runs(
+        self, names: Iterable[str], *, runs_each: int = 50
+    ) -> tuple[dict[str, DeploymentIntent], dict[str, list[Run]]]:
+        """:meth:`get_intents` and :meth:`runs_of` in one read transaction: what a reconcile batch reads."""
+        found: dict[str, DeploymentIntent] = {}
+        runs: dict[str, list[Run]] = {}
+        for chunk in intents.chunked(sorted(set(names))):
+            async with self._read() as session:
+                for intent in await self._select_intents(session, ResourceRow.name.in_(chunk)):
+                    found[intent.metadata.name] = intent
+                for row in (await session.scalars(runs_of_select(chunk, limit=runs_each))).all():
+                    runs.setdefault(row.intent, []).append(convert.model_from_row(Run, row))
+        return found, runs
+
     async def _load_intents(self, *conditions: Any) -> list[DeploymentIntent]:
+        async with self._read() as session:
+            return await self._select_intents(session, *conditions)
+
+    @staticmethod
+    async def _select_intents(session: AsyncSession, *conditions: Any) -> list[DeploymentIntent]:
         statement = (
             select(ResourceRow, ResourceStatusRow)
             .outerjoin(ResourceStatusRow, ResourceStatusRow.uid == ResourceRow.uid)
             .where(ResourceRow.kind == intents.KIND, *conditions)
             .order_by(ResourceRow.name)
         )
-        async with self._read() as session:
-            rows = (await session.execute(statement)).all()
+        rows = (await session.execute(statement)).all()
         return [intents.intent_from_rows(resource, status) for resource, status in rows]
 
     async def intent_sources(self, source_name: str) -> dict[str, SourceRef]:

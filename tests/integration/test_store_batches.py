@@ -129,3 +129,12 @@ async def test_outbox_marks_many_in_one_call(store: Store) -> None:
         await store.enqueue_outbox(f"m-{index}", "chiffon.runs.infra-1", b"x")
     await store.mark_outbox_published("m-0", "m-2")
     assert [m.message_id for m in await store.pending_outbox()] == ["m-1"]
+
+
+async def test_intents_and_runs_read_together(store: Store) -> None:
+    await store.upsert_intent(make_intent("a"), source(path="intents/a.yaml"))
+    await store.upsert_run(make_run("a"))
+    await store.upsert_run(make_run("gone"))  # runs of an intent that no longer exists are read too
+    found, runs = await store.intents_and_runs(["a", "gone", "never"], runs_each=5)
+    assert list(found) == ["a"]
+    assert sorted(runs) == ["a", "gone"]
