@@ -1,0 +1,1 @@
+"""The playbook catalog: what homelab-infra can do, found from a few words (DESIGN §5)."""

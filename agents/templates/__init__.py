@@ -1,0 +1,1 @@
+"""Playbook templates for common homelab jobs (DESIGN §5)."""
