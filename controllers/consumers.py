@@ -101,8 +101,9 @@ class ResultConsumer:
             for delivery in batch:
                 await delivery.reject(requeue=True)
             return
-        if any(isinstance(p, RunResult) for p in payloads):
-            crash_point(AFTER_RESULT)
+        results = sum(isinstance(p, RunResult) for p in payloads)
+        if results:
+            crash_point(AFTER_RESULT, results)
         for delivery in batch:
             await delivery.ack()
         for intent in sorted({run.intent for run in writes.runs}):
@@ -246,6 +247,7 @@ class HeartbeatConsumer:
         self._first_queued = 0.0
         self._last_queued = 0.0
         self._now = asyncio.Event()
+        self._draining = False
         self._flushing: asyncio.Task[None] | None = None
 
     def _receive(self, delivery: Delivery) -> tuple[Agent | None, bool]:
@@ -281,7 +283,7 @@ class HeartbeatConsumer:
         """Store one delivery now, then ack it."""
         row, improved = self._receive(delivery)
         if row is not None:
-            await self.store.upsert_agent(row)
+            await self.store.upsert_agents([row])  # the batch statement: compiled once, then cached
         if improved:
             self._on_capacity()
         await delivery.ack()
@@ -304,14 +306,18 @@ class HeartbeatConsumer:
 
     async def drain(self) -> None:
         """Write what is queued now, without waiting for more (leadership ending)."""
-        while self._flushing is not None and not self._flushing.done():
-            self._now.set()
-            await asyncio.gather(self._flushing, return_exceptions=True)
+        self._draining = True
+        try:
+            while self._flushing is not None and not self._flushing.done():
+                self._now.set()
+                await asyncio.gather(self._flushing, return_exceptions=True)
+        finally:
+            self._draining = False
 
     async def _flush_queued(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queued:
-            while not self._now.is_set():
+            while not (self._now.is_set() or self._draining):
                 due = min(self._first_queued + self.coalesce_seconds, self._last_queued + self.quiet_seconds)
                 wait = due - loop.time()
                 if wait <= 0:

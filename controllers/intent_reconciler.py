@@ -221,7 +221,7 @@ class IntentReconciler:
         except Exception as exc:  # nothing was written: every pass in the batch tries again
             return BatchOutcome({key: exc for key in keys}, {}, {})
         if created:
-            crash_point(AFTER_DISPATCH)
+            crash_point(AFTER_DISPATCH, len(created))
             self._on_dispatch()
         ready = {state.name: is_ready(state.status) for _, state in passes}
         ready.update((name, False) for name in names if name not in intents)
