@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from chiffon.bus import HEARTBEATS_QUEUE, RESULTS_QUEUE, Bus, Subscription
-from chiffon.controllers.consumers import HeartbeatConsumer, ResultConsumer
+from chiffon.controllers.consumers import HEARTBEATS_PREFETCH, HeartbeatConsumer, ResultConsumer
 from chiffon.controllers.intent_reconciler import IntentReconciler, intent_key
 from chiffon.controllers.liveness import Liveness, LivenessConfig
 from chiffon.controllers.manager import sleep_until
@@ -120,7 +120,11 @@ class Controller:
             await self.bus.declare(queue)
         subscriptions: list[Subscription] = [
             await self.bus.consume(RESULTS_QUEUE, self.results.submit, prefetch=RESULTS_PREFETCH),
-            await self.bus.consume(HEARTBEATS_QUEUE, self.liveness.observing(self.heartbeats.handle)),
+            await self.bus.consume(
+                HEARTBEATS_QUEUE,
+                self.liveness.observing(self.heartbeats.submit),
+                prefetch=HEARTBEATS_PREFETCH,
+            ),
         ]
         await self.source.sync()
         for intent in await self.store.list_intents():
@@ -141,6 +145,7 @@ class Controller:
             for subscription in subscriptions:
                 await subscription.cancel()
             await self.results.drain()
+            await self.heartbeats.drain()
             # Loops end by themselves once `lost` is set; in-flight reconciles get to finish.
             _, unfinished = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
             for task in unfinished:
