@@ -49,8 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # for `tests.agentsim` when bench was found through PYTHONPATH
     sys.path.insert(0, str(ROOT))
 
-from bench.remote_agent import RemoteAgent  # noqa: E402
-from chiffon.bus import Bus, Delivery, open_bus  # noqa: E402
+from bench.remote_agent import BenchAgent, RemoteAgent  # noqa: E402
+from chiffon.bus import Bus, open_bus  # noqa: E402
 from chiffon.controllers.controller import Controller  # noqa: E402
 from chiffon.controllers.planner import Planner  # noqa: E402
 from chiffon.controllers.source import GitSource, SourceConfig  # noqa: E402
@@ -58,7 +58,6 @@ from chiffon.gitrepo import GitRepo, Identity  # noqa: E402
 from chiffon.resources.messages import RunRequest  # noqa: E402
 from chiffon.store import Store  # noqa: E402
 from chiffon.store.testing import create_schema, drop_schema  # noqa: E402
-from tests.agentsim import RecordingAgent  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -416,25 +415,18 @@ class StoreMeter:
 
 
 @dataclass
-class TimedAgent(RecordingAgent):
-    """The recording agent, noting when the first RunRequest of each intent arrived (monotonic clock)."""
+class TimedAgent(BenchAgent):
+    """The bench agent on the in-process bus, noting when the first RunRequest of each intent arrived."""
 
     arrivals: dict[str, float] = field(default_factory=dict)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    _answering: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def _on_request(self, delivery: Delivery) -> None:
-        request = delivery.envelope.payload
-        if isinstance(request, RunRequest):
-            self.arrivals.setdefault(request.intent, time.monotonic())
-            self._arrived.set()
-        # Answer (RunAccepted, ack, RunResult) in the background, as an agent running
-        # several playbooks at once does: the bus hands over the next request meanwhile
-        # (up to the prefetch), so arrivals measure the controller, not this stand-in's
-        # two publisher-confirm round trips per request.
-        task = asyncio.create_task(super()._on_request(delivery))
-        self._answering.add(task)
-        task.add_done_callback(self._answering.discard)
+    def arrived(self, request: RunRequest) -> None:
+        self.arrivals.setdefault(request.intent, time.monotonic())
+        self._arrived.set()
+
+    async def hold(self) -> None:
+        self.holding = True
 
     async def wait_for(self, names: Sequence[str], *, within: float) -> None:
         """Until a RunRequest for every one of ``names`` has arrived; TimeoutError after ``within`` s."""

@@ -4,12 +4,11 @@
 
 In the distributed mode agents are other processes, usually other machines:
 their decoding, acking and answering must not be charged to the controller's
-event loop. This child runs ``tests.agentsim.RecordingAgent`` over RabbitMQ
-(``$CHIFFON_BENCH_AMQP_URL`` as the parent uses), answers requests
-concurrently (as an agent running several playbooks does), and prints one
-JSON line per RunRequest received — run id, intent, ``time.monotonic()``
-(the same clock in every process on Linux) and whether it was a repeat. A
-line ``heartbeat`` on its stdin makes it heartbeat; end of stdin stops it.
+event loop. This child runs a :class:`BenchAgent` over RabbitMQ (the URL the
+parent uses) and prints one JSON line per RunRequest received — run id,
+intent, ``time.monotonic()`` (the same clock in every process on Linux) and
+whether it was a repeat. Lines on its stdin: ``heartbeat``, ``hold``,
+``release``; end of stdin stops it.
 
 :class:`RemoteAgent` is the parent's side, with the interface the figures use
 (``arrivals``, ``received``, ``duplicates()``, ``wait_for``, ``heartbeat``).
@@ -24,8 +23,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chiffon.bus import Delivery, open_bus
 from chiffon.resources.messages import RunRequest
@@ -40,23 +41,63 @@ READY = "ready"
 
 
 @dataclass
-class AnsweringAgent(RecordingAgent):
-    """Prints each arrival, then answers in the background."""
+class BenchAgent(RecordingAgent):
+    """The recording agent as the figures need it.
 
+    Answering (RunAccepted, ack, RunResult) happens in the background, as an agent
+    running several playbooks at once does: the bus hands over the next request
+    meanwhile, so arrivals measure the controller, not this stand-in's publisher
+    confirms. While ``holding``, it is just "a consumer acking requests" (the burst
+    figure's definition): it acks at once and answers only on :meth:`release`.
+    """
+
+    holding: bool = False
+    _held: list[RunRequest] = field(default_factory=list)
     _answering: set[asyncio.Task[None]] = field(default_factory=set)
-    _seen: set[str] = field(default_factory=set)
+
+    def arrived(self, request: RunRequest) -> None:
+        """Called first thing for every RunRequest delivered."""
 
     async def _on_request(self, delivery: Delivery) -> None:
         request = delivery.envelope.payload
         if isinstance(request, RunRequest):
-            repeat = request.run_id in self._seen
-            self._seen.add(request.run_id)
-            line = {"run": request.run_id, "intent": request.intent, "at": time.monotonic(), "repeat": repeat}
-            sys.stdout.write(json.dumps(line) + "\n")
-            sys.stdout.flush()
-        task = asyncio.create_task(super()._on_request(delivery))
+            self.arrived(request)
+            if self.holding:
+                self.received.append(request.run_id)
+                self._held.append(request)
+                await delivery.ack()
+                return
+        self._background(super()._on_request(delivery))
+
+    async def release(self) -> None:
+        """Stop holding; answer every request held so far."""
+        self.holding = False
+        held, self._held = self._held, []
+        for request in held:
+            self._background(self._answer(request))
+
+    async def _answer(self, request: RunRequest) -> None:
+        await self.accept(request)
+        await self.finish(request)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._answering.add(task)
         task.add_done_callback(self._answering.discard)
+
+
+@dataclass
+class AnsweringAgent(BenchAgent):
+    """Prints each arrival on stdout for the parent."""
+
+    _seen: set[str] = field(default_factory=set)
+
+    def arrived(self, request: RunRequest) -> None:
+        repeat = request.run_id in self._seen
+        self._seen.add(request.run_id)
+        line = {"run": request.run_id, "intent": request.intent, "at": time.monotonic(), "repeat": repeat}
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
 
 
 async def serve(amqp_url: str, prefix: str, agent_id: str) -> None:
@@ -70,8 +111,13 @@ async def serve(amqp_url: str, prefix: str, agent_id: str) -> None:
         loop = asyncio.get_running_loop()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while line := await reader.readline():
-            if line.strip() == b"heartbeat":
+            command = line.strip()
+            if command == b"heartbeat":
                 await agent.heartbeat()
+            elif command == b"hold":
+                agent.holding = True
+            elif command == b"release":
+                await agent.release()
     finally:
         await agent.stop()
         await bus.close()
@@ -117,8 +163,18 @@ class RemoteAgent:
             self._arrived.set()
 
     async def heartbeat(self) -> None:
+        await self._tell(b"heartbeat")
+
+    async def hold(self) -> None:
+        """Ack requests without answering them, until :meth:`release` (see BenchAgent)."""
+        await self._tell(b"hold")
+
+    async def release(self) -> None:
+        await self._tell(b"release")
+
+    async def _tell(self, command: bytes) -> None:
         if self._process is not None and self._process.stdin is not None:
-            self._process.stdin.write(b"heartbeat\n")
+            self._process.stdin.write(command + b"\n")
             await self._process.stdin.drain()
 
     def duplicates(self) -> list[str]:

@@ -52,10 +52,17 @@ class RecordingAgent:
             return
         self.received.append(request.run_id)
         self.highest_epoch = max(self.highest_epoch, request.epoch)
+        await self.accept(request)
+        await delivery.ack()
+        await self.finish(request)
+
+    async def accept(self, request: RunRequest) -> None:
         await self.bus.publish(
             RESULTS_QUEUE, make_envelope(RunAccepted(run_id=request.run_id, agent_id=self.agent_id))
         )
-        await delivery.ack()
+
+    async def finish(self, request: RunRequest) -> None:
+        """Execute (once per run id) and report the result."""
         if request.run_id not in self.executed:
             self.executed.append(request.run_id)
             await asyncio.sleep(0)
