@@ -262,7 +262,8 @@ class GitSource:
             )
         report.pruned = await self.store.delete_intents(plan.prunes) if plan.prunes else []
         for name in report.pruned:
-            await self._audit("intent.pruned", name, author, revision, {"path": known[name].path})
+            pruned = self._audit_event("intent.pruned", name, author, revision, {"path": known[name].path})
+            await self.store.record_audit(pruned)
         await self._audit_errors(errors, revision)
         await self._save_status(revision, errors, intents=len(desired))
         return report
@@ -318,20 +319,6 @@ class GitSource:
                     details={"error": str(error), "path": error.path},
                 )
             )
-
-    async def _audit(
-        self,
-        action: str,
-        name: str,
-        actor: str,
-        revision: str | None,
-        details: dict[str, object],
-        *,
-        service: str | None = None,
-    ) -> None:
-        await self.store.record_audit(
-            self._audit_event(action, name, actor, revision, details, service=service)
-        )
 
     def _audit_event(
         self,
