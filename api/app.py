@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from chiffon import __version__
 from chiffon.api.context import ServerContext
 from chiffon.api.deps import AuthDep
-from chiffon.api.routes import agents, approvals, audit, health, intents, runs, sources
+from chiffon.api.routes import agents, approvals, audit, catalog, health, intents, runs, sources, suggestions
 from chiffon.controllers.intents_writer import ApplyError, NotFoundError
 from chiffon.gitrepo import GitError
 from chiffon.store import StoreError
@@ -35,7 +35,7 @@ def create_app(context: ServerContext) -> FastAPI:
     )
     app.state.context = context
     api = APIRouter(prefix="/api/v1", dependencies=[AuthDep])
-    for module in (intents, approvals, runs, agents, sources, audit, health):
+    for module in (intents, approvals, runs, agents, sources, audit, catalog, suggestions, health):
         api.include_router(module.router)
     app.include_router(api)
     _install_handlers(app)

@@ -5,6 +5,12 @@ a desktop agent in one process, with SQLite, the in-process bus and a state
 directory it creates. ``chiffon api`` / ``chiffon controller`` /
 ``chiffon agent infra|desktop`` run the same parts separately against
 PostgreSQL and RabbitMQ for the distributed mode.
+
+Each command imports what it runs, when it runs: a desktop agent that sits on
+a gaming PC all day should not carry FastAPI, SQLAlchemy and the controllers
+in its memory (``bench/agents.py`` measures its idle footprint). So the
+product's heavier modules are imported inside the functions that use them,
+and at the top only for type checking.
 """
 
 from __future__ import annotations
@@ -20,26 +26,21 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
-from chiffon.agents.capacity import hostname
-from chiffon.agents.desktop import DesktopAgent, default_desktop_labels
-from chiffon.agents.infra import DEFAULT_MAX_CONCURRENT, InfraAgent
-from chiffon.api.app import create_app
-from chiffon.api.context import ServerContext
-from chiffon.bus import Bus, BusError, open_bus
-from chiffon.controllers.controller import Controller
-from chiffon.controllers.intents_writer import IntentsWriter
-from chiffon.controllers.leader import LeaderElector
-from chiffon.controllers.manager import Manager, NamedLoop
-from chiffon.controllers.planner import Planner
-from chiffon.controllers.source import GitSource, SourceConfig
-from chiffon.gitrepo import GitError, GitRepo, is_remote_url
 from chiffon.settings import Settings
-from chiffon.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from chiffon.agents.desktop import DesktopAgent
+    from chiffon.agents.infra import InfraAgent
+    from chiffon.api.context import ServerContext
+    from chiffon.bus import Bus
+    from chiffon.controllers.manager import NamedLoop
+    from chiffon.controllers.source import GitSource
+    from chiffon.store import Store
 
 log = logging.getLogger("chiffon")
 
@@ -63,6 +64,28 @@ class StartupError(RuntimeError):
     """A problem a person must fix before Chiffon can start; printed as one line."""
 
 
+# The other errors a person can fix, by module: printed as one line too (see `_reported`).
+FIXABLE_ERRORS = (
+    ("chiffon.store.errors", "StoreError"),
+    ("chiffon.gitrepo", "GitError"),
+    ("chiffon.bus.base", "BusError"),
+)
+
+
+def is_fixable(error: BaseException) -> bool:
+    """Whether ``error`` is one a person can fix (a bad setting, a server down), not a bug.
+
+    Looked up among the modules already imported: the modules are imported
+    lazily, and an error of a module never imported cannot have been raised.
+    """
+    kinds: list[type[BaseException]] = [StartupError]
+    for module_name, class_name in FIXABLE_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None:
+            kinds.append(getattr(module, class_name))
+    return isinstance(error, tuple(kinds))
+
+
 # Locations ---------------------------------------------------------------------------------
 
 
@@ -81,6 +104,8 @@ def bundled_examples() -> Path:
 
 async def prepare_infra_repo(settings: Settings) -> Path:
     """Use the configured homelab-infra repo, or a git copy of the bundled example."""
+    from chiffon.gitrepo import GitRepo
+
     path = settings.resolved_infra_repo
     if settings.infra_repo is not None:
         if not path.is_dir():
@@ -97,6 +122,8 @@ async def prepare_infra_repo(settings: Settings) -> Path:
 
 
 async def prepare_git_repos(settings: Settings) -> None:
+    from chiffon.gitrepo import GitRepo, is_remote_url
+
     intents = settings.resolved_intents_repo
     if not is_remote_url(intents):
         path = Path(intents)
@@ -113,19 +140,30 @@ async def prepare_git_repos(settings: Settings) -> None:
 
 
 async def open_store(settings: Settings, *, wait: bool = False) -> Store:
+    from chiffon.store import Store, StoreError
+
     store = Store.from_url(settings.resolved_database_url)
-    await until_available("the database", store.migrate, wait=wait)
+    await until_available("the database", store.migrate, wait=wait, errors=(StoreError,))
     return store
 
 
-async def until_available(what: str, connect: Callable[[], Awaitable[None]], *, wait: bool) -> None:
-    """Connect once, or (for long-running services) keep retrying with backoff: no crash loop on an outage."""
+async def until_available(
+    what: str,
+    connect: Callable[[], Awaitable[None]],
+    *,
+    wait: bool,
+    errors: tuple[type[Exception], ...],
+) -> None:
+    """Connect once, or (for long-running services) keep retrying with backoff: no crash loop on an outage.
+
+    ``errors`` are the exceptions that mean "unavailable" (StoreError, BusError).
+    """
     delay = 1.0
     while True:
         try:
             await connect()
             return
-        except (StoreError, BusError) as exc:
+        except errors as exc:
             if not wait:
                 raise
             log.warning("%s is unavailable (%s); retrying in %.0fs", what, exc, delay)
@@ -134,6 +172,8 @@ async def until_available(what: str, connect: Callable[[], Awaitable[None]], *, 
 
 
 async def open_source(settings: Settings, store: Store) -> GitSource:
+    from chiffon.controllers.source import GitSource, SourceConfig
+
     config = SourceConfig(
         location=settings.resolved_intents_repo,
         checkout_dir=settings.home / "checkouts" / "intents",
@@ -170,6 +210,9 @@ async def _serve(settings: Settings, context: ServerContext, loops: list[NamedLo
     """Serve the API and run the loops; on SIGINT/SIGTERM stop both and let the loops drain."""
     import uvicorn
 
+    from chiffon.api.app import create_app
+    from chiffon.controllers.manager import Manager
+
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -184,6 +227,8 @@ async def _serve(settings: Settings, context: ServerContext, loops: list[NamedLo
         lifespan="off",
         log_level=settings.log_level.lower(),
         access_log=False,
+        # Open log streams (chiffonctl logs -f) would hold a shutdown forever; followers reconnect.
+        timeout_graceful_shutdown=3,
     )
     server = Server(config)
     stop = asyncio.Event()
@@ -204,6 +249,8 @@ async def _serve(settings: Settings, context: ServerContext, loops: list[NamedLo
 
 
 async def _run_until_signal(loops: list[NamedLoop]) -> None:
+    from chiffon.controllers.manager import Manager
+
     stop = asyncio.Event()
     running = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -212,15 +259,29 @@ async def _run_until_signal(loops: list[NamedLoop]) -> None:
 
 
 def controller_loop(settings: Settings, store: Store, bus: Bus, source: GitSource, infra: Path) -> NamedLoop:
-    """The controller, behind leader election: only the leader reconciles and dispatches."""
-    controller = Controller(store, bus, source, Planner(infra))
+    """The controller, behind leader election: only the leader reconciles and dispatches.
+
+    Steps that name only a goal are resolved through the playbook catalog (its model loads on first use).
+    """
+    from chiffon.agents.catalog.index import catalog_from_settings
+    from chiffon.agents.catalog.resolver import CatalogResolver
+    from chiffon.controllers.controller import Controller
+    from chiffon.controllers.leader import LeaderElector
+    from chiffon.controllers.liveness import LivenessConfig
+    from chiffon.controllers.manager import NamedLoop
+    from chiffon.controllers.planner import Planner
+
+    planner = Planner(infra, goals=CatalogResolver(catalog_from_settings(settings, infra)))
+    controller = Controller(store, bus, source, planner, liveness=LivenessConfig.from_settings(settings))
     elector = LeaderElector(store, holder=f"{socket.gethostname()}:{os.getpid()}")
     return NamedLoop("controller", lambda stop: elector.run(stop, controller.lead))
 
 
 async def open_message_bus(settings: Settings, *, wait: bool = False) -> Bus:
+    from chiffon.bus import BusError, open_bus
+
     bus = open_bus(settings.broker_url, prefix=settings.bus_prefix)
-    await until_available("the message bus", bus.connect, wait=wait)
+    await until_available("the message bus", bus.connect, wait=wait, errors=(BusError,))
     return bus
 
 
@@ -243,6 +304,11 @@ EMBEDDED_RESEND_SECONDS = 24 * 3600.0
 
 def embedded_agent_loops(settings: Settings, bus: Bus, infra: Path) -> list[NamedLoop]:
     """The infra agent and this machine's desktop agent, on the same in-process bus."""
+    from chiffon.agents.capacity import hostname
+    from chiffon.agents.desktop import DesktopAgent
+    from chiffon.agents.infra import InfraAgent
+    from chiffon.controllers.manager import NamedLoop
+
     infra_id = f"infra-{hostname()}"
     infra_agent = InfraAgent(
         bus,
@@ -262,6 +328,9 @@ def embedded_agent_loops(settings: Settings, bus: Bus, infra: Path) -> list[Name
 
 
 async def run_up(settings: Settings) -> None:
+    from chiffon.api.context import ServerContext
+    from chiffon.controllers.intents_writer import IntentsWriter
+
     check_listen_address(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     infra = await prepare_infra_repo(settings)
@@ -284,6 +353,9 @@ async def run_up(settings: Settings) -> None:
 
 
 async def run_api(settings: Settings) -> None:
+    from chiffon.api.context import ServerContext
+    from chiffon.controllers.intents_writer import IntentsWriter
+
     check_listen_address(settings)
     store = await open_store(settings)
     try:
@@ -307,6 +379,8 @@ async def run_controller(settings: Settings) -> None:
 
 
 async def run_agent(settings: Settings, agent: InfraAgent | DesktopAgent, bus: Bus) -> None:
+    from chiffon.controllers.manager import NamedLoop
+
     try:
         await _run_until_signal([NamedLoop(f"agent {agent.agent_id}", agent.run)])
     finally:
@@ -323,6 +397,8 @@ async def open_agent_bus(settings: Settings) -> Bus:
 
 
 def _banner(settings: Settings, infra: Path) -> None:
+    from chiffon.agents.capacity import hostname
+
     url = f"http://{settings.host}:{settings.port}"
     lines = [
         f"Chiffon is up on {url}  (API docs: {url}/docs)",
@@ -380,11 +456,13 @@ def _reported() -> Iterator[None]:
     """Turn the errors a person can fix into one line and exit status 2."""
     try:
         yield
-    except (StartupError, StoreError, GitError, BusError) as exc:
-        typer.echo(f"chiffon: error: {exc}", err=True)
-        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except Exception as exc:
+        if not is_fixable(exc):
+            raise
+        typer.echo(f"chiffon: error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -461,6 +539,12 @@ LabelOption = Annotated[
 HeartbeatOption = Annotated[
     float, typer.Option("--heartbeat-interval", min=1.0, help="seconds between heartbeats")
 ]
+# chiffon.agents.infra.DEFAULT_MAX_CONCURRENT, written out so that every command does not import
+# ansible-runner to show it (tests/unit/test_cli_imports.py checks that they agree).
+MAX_CONCURRENT_DEFAULT = 2
+MaxConcurrentOption = Annotated[
+    int, typer.Option("--max-concurrent", min=1, help="playbooks run at the same time")
+]
 
 
 def parse_labels(given: list[str] | None, defaults: dict[str, str]) -> dict[str, str]:
@@ -479,12 +563,13 @@ def agent_infra(
     infra_repo: InfraOption = None,
     agent_id: IdOption = None,
     label: LabelOption = None,
-    max_concurrent: Annotated[
-        int, typer.Option("--max-concurrent", min=1, help="playbooks run at the same time")
-    ] = DEFAULT_MAX_CONCURRENT,
+    max_concurrent: MaxConcurrentOption = MAX_CONCURRENT_DEFAULT,
     heartbeat_interval: HeartbeatOption = 15.0,
 ) -> None:
     """Run playbooks sent to this agent with ansible-runner, against the homelab-infra checkout."""
+    from chiffon.agents.capacity import hostname
+    from chiffon.agents.infra import InfraAgent
+
     with _reported():
         settings = load_settings(home=home, infra_repo=infra_repo)
         _configure_logging(settings)
@@ -531,6 +616,8 @@ def agent_desktop(
     heartbeat_interval: HeartbeatOption = 15.0,
 ) -> None:
     """Report this machine's CPU, memory and GPUs so the scheduler can place runs on it."""
+    from chiffon.agents.desktop import DesktopAgent, default_desktop_labels
+
     with _reported():
         settings = load_settings(home=home)
         _configure_logging(settings)

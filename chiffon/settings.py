@@ -86,8 +86,25 @@ class Settings(BaseSettings):
     liveness_check_interval: float = Field(
         default=5.0, gt=0, description="most seconds between two liveness checks of the controller"
     )
+    # The playbook catalog (agents/catalog).
+    catalog_cache_dir: Path | None = Field(
+        default=None,
+        description="where catalog discoveries and embeddings are cached; default <home>/cache/catalog",
+    )
+    catalog_refresh_interval: float = Field(
+        default=3600.0,
+        gt=0,
+        description="seconds after which the catalog re-reads homelab-infra even when no file seems changed",
+    )
+    # Suggestions (agents/suggestions): where accepted patches are committed, how long lint may take.
+    suggestions_on_current_branch: bool = Field(
+        default=False,
+        description="commit accepted suggestions on homelab-infra's checked-out branch "
+        "instead of a new branch chiffon/suggestion-<id>",
+    )
+    lint_timeout: float = Field(default=300.0, gt=0, description="seconds one ansible-lint run may take")
 
-    @field_validator("home", "infra_repo", "audit_repo", mode="before")
+    @field_validator("home", "infra_repo", "audit_repo", "catalog_cache_dir", mode="before")
     @classmethod
     def _expand_user(cls, value: Any) -> Any:
         return Path(str(value)).expanduser() if value not in (None, "") else value
@@ -124,6 +141,10 @@ class Settings(BaseSettings):
     @property
     def resolved_infra_repo(self) -> Path:
         return self.infra_repo or self.home / "homelab-infra"
+
+    @property
+    def resolved_catalog_cache_dir(self) -> Path:
+        return self.catalog_cache_dir or self.home / "cache" / "catalog"
 
     @property
     def resolved_audit_repo(self) -> Path:

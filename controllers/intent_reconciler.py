@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from chiffon.bus import runs_queue
 from chiffon.controllers.faults import AFTER_DISPATCH, crash_point
-from chiffon.controllers.planner import PlanError, Planner
+from chiffon.controllers.planner import PlanError, Planner, needs_person
 from chiffon.controllers.progress import MAX_ATTEMPTS, Progress, duration_history, progress, retry_at
 from chiffon.controllers.reconcile import ReconcileError, Result, Stalled, Waiting
 from chiffon.controllers.scheduler import Decision, choose
@@ -107,7 +107,8 @@ class Snapshot:
             manual = [n for n, i in self._intents.items() if i.spec.approval is not ApprovalPolicy.AUTO]
             self._approvals = asyncio.ensure_future(self._store.approvals_of(manual or [name]))
         found = await self._approvals
-        if name in found or name in self._intents:
+        intent = self._intents.get(name)
+        if name in found or (intent is not None and intent.spec.approval is not ApprovalPolicy.AUTO):
             return found.get(name, [])
         return await self._store.list_approvals(name)
 
@@ -306,7 +307,9 @@ class IntentReconciler:
     async def approval(self, state: Pass) -> Result | None:
         assert state.plan is not None
         digest = state.plan.digest
-        if state.intent.spec.approval is ApprovalPolicy.AUTO:
+        # A goal the catalog matched with low confidence is a guess: a person approves it, even under Auto.
+        guessed = needs_person(state.plan)
+        if state.intent.spec.approval is ApprovalPolicy.AUTO and not guessed:
             state.condition(
                 ConditionType.APPROVED,
                 ConditionStatus.TRUE,
@@ -334,6 +337,8 @@ class IntentReconciler:
             return Result()
         reason = Reason.PLAN_CHANGED if approvals else Reason.AWAITING_APPROVAL
         note = "The plan changed since the last approval; " if approvals else ""
+        if guessed:
+            note += f"{'a' if note else 'A'} step's goal matched the playbook catalog with low confidence; "
         message = f"{note}Plan {digest[:12]} is waiting for approval."
         state.condition(ConditionType.APPROVED, ConditionStatus.FALSE, reason, message)
         state.status.blocked_by = (

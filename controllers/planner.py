@@ -7,7 +7,11 @@ the planner
    that is missing gets ``PlaybookNotFound`` with a "did you mean"; a symlink
    that leads out of the repo gets ``InvalidSpec``, because the repo would be
    vouching for content it does not hold. A step naming only a ``goal`` is
-   refused until the playbook catalog can match goals to playbooks;
+   resolved through a :class:`GoalResolver` (the playbook catalog, wired in by
+   the composition root): the chosen playbook or role, with its tags and vars,
+   then counts like one the step named, and the plan records the choice, its
+   score and the runner-up (``PlannedStep.catalog``). Without a resolver, or
+   without a match, such a step is ``PlaybookNotFound``;
 2. **hashes its content**: the playbook and every file it pulls in, found by
    reading the YAML (``import_playbook``, ``roles:``, ``include_role`` /
    ``import_role``, ``include_tasks`` / ``import_tasks``, ``vars_files``,
@@ -59,16 +63,18 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from chiffon import ansible_cli
 from chiffon.resources.conditions import Reason
 from chiffon.resources.intent import DeploymentIntent, Step
-from chiffon.resources.plan import Plan, PlannedStep, Risk
+from chiffon.resources.plan import CatalogChoice, Plan, PlannedStep, Risk
 from chiffon.resources.yamlio import DEFAULT_LIMITS, ResourceError, load_yaml_documents
 
 __all__ = [
     "DIGEST_SCHEME",
+    "GoalMatch",
+    "GoalResolver",
     "PlanError",
     "Planner",
     "YamlFacts",
@@ -78,6 +84,7 @@ __all__ = [
     "intent_digest",
     "inventory_groups",
     "limit_risk",
+    "needs_person",
     "plan_digest",
     "planned_steps",
     "read_facts",
@@ -103,8 +110,8 @@ _RACY_NS = 2_000_000_000
 _HASH_CHUNK = 1 << 20
 _CACHE_ENTRIES = 50_000
 _NO_GOAL_MATCHING = (
-    "names only a goal; goals are matched to playbooks by the playbook catalog, "
-    "which is not available yet — name a playbook or a role"
+    "names only a goal, and no playbook catalog is configured to match goals to playbooks "
+    "(the controller runs with one); name a playbook or a role"
 )
 
 
@@ -120,6 +127,59 @@ class PlanError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+# =========================================================================== goals
+
+
+class GoalMatch(Protocol):
+    """What a goal resolved to: a playbook or a role, the tags and vars to run it with, how sure."""
+
+    @property
+    def playbook(self) -> str | None: ...
+    @property
+    def role(self) -> str | None: ...
+    @property
+    def tags(self) -> Sequence[str]: ...
+    @property
+    def vars(self) -> Mapping[str, Any]: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def confident(self) -> bool: ...
+    @property
+    def runner_up(self) -> str | None: ...
+    @property
+    def runner_up_score(self) -> float | None: ...
+
+
+class GoalResolver(Protocol):
+    """Matches a step's goal in words to what homelab-infra can run (the playbook catalog).
+
+    ``resolve`` blocks (it may embed the goal); the planner calls it in a worker
+    thread. It raises ``LookupError`` when nothing matches — the planner turns
+    that into ``PlaybookNotFound`` with its message — and anything else when it
+    could not answer (retried with backoff).
+    """
+
+    def resolve(self, goal: str) -> GoalMatch: ...
+
+
+def needs_person(plan: Plan) -> bool:
+    """Whether a person must approve ``plan`` whatever the policy: a goal matched with low confidence."""
+    return any(step.catalog is not None and not step.catalog.confident for step in plan.steps)
+
+
+def resolved_step(step: Step, match: GoalMatch) -> Step:
+    """``step`` running what its goal matched: the match's tags first, the step's vars winning."""
+    wire = step.model_dump(mode="json", by_alias=True, exclude_none=True)
+    wire.update(
+        playbook=match.playbook,
+        role=match.role,
+        tags=list(dict.fromkeys([*match.tags, *step.tags])),
+        vars={**dict(match.vars), **step.vars},
+    )
+    return Step.model_validate({key: value for key, value in wire.items() if value is not None})
 
 
 # =========================================================================== pure: the digest
@@ -166,8 +226,15 @@ def plan_digest(
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def planned_steps(intent: DeploymentIntent, content_hashes: Sequence[str]) -> list[PlannedStep]:
-    """The plan's steps: each spec step with the content hash of what it runs, its own vars and tags."""
+def planned_steps(
+    intent: DeploymentIntent,
+    content_hashes: Sequence[str],
+    choices: Sequence[CatalogChoice | None] | None = None,
+) -> list[PlannedStep]:
+    """The plan's steps: each spec step with the content hash of what it runs, its own vars and tags.
+
+    ``choices`` records, per step, how a goal was resolved through the catalog (None: named).
+    """
     return [
         PlannedStep(
             name=step.name,
@@ -177,8 +244,11 @@ def planned_steps(intent: DeploymentIntent, content_hashes: Sequence[str]) -> li
             vars=step.vars,
             tags=list(step.tags),
             skip_tags=list(step.skip_tags),
+            catalog=choice,
         )
-        for step, digest in zip(intent.spec.steps, content_hashes, strict=True)
+        for step, digest, choice in zip(
+            intent.spec.steps, content_hashes, choices or [None] * len(content_hashes), strict=True
+        )
     ]
 
 
@@ -989,9 +1059,12 @@ class Planner:
     (missing, timed out) — that one is worth retrying.
     """
 
-    def __init__(self, infra_root: Path, *, syntax_check: bool = True) -> None:
+    def __init__(
+        self, infra_root: Path, *, syntax_check: bool = True, goals: GoalResolver | None = None
+    ) -> None:
         self.root = Path(os.path.realpath(infra_root))
         self.syntax_check = syntax_check
+        self.goals = goals
         self._hasher = _FileHasher()
         self._facts: _BoundedCache[tuple[str, str], Any] = _BoundedCache()
         self._syntax: _BoundedCache[tuple[str, str, str], ansible_cli.SyntaxCheckResult] = _BoundedCache()
@@ -1012,6 +1085,7 @@ class Planner:
         now: datetime,
     ) -> Plan:
         """The plan for ``intent`` as the checkout stands now, or PlanError saying what to fix."""
+        intent, choices = await self._resolve_goals(intent)
         prepared = await self._prepared(intent)
         await self._lint(prepared)
         spec = intent.spec
@@ -1023,13 +1097,51 @@ class Planner:
             digest=digest,
             revision=revision,
             infra_revision=infra_revision,
-            steps=planned_steps(intent, hashes),
+            steps=planned_steps(intent, hashes, choices),
             inventory=spec.inventory,
             limit=spec.limit,
             risk=risk_from_facts(spec.limit, facts, inventory.groups),
             estimated_duration_seconds=estimate_duration([history_key(s) for s in spec.steps], history),
             created_at=now,
         )
+
+    async def _resolve_goals(
+        self, intent: DeploymentIntent
+    ) -> tuple[DeploymentIntent, list[CatalogChoice | None]]:
+        """``intent`` with every goal-only step resolved through the catalog, and how each was chosen."""
+        steps = intent.spec.steps
+        choices: list[CatalogChoice | None] = [None] * len(steps)
+        if all(step.playbook or step.role for step in steps):
+            return intent, choices
+        resolved: list[Step] = []
+        for index, step in enumerate(steps):
+            if step.playbook or step.role or not step.goal:
+                resolved.append(step)
+                continue
+            if self.goals is None:
+                raise PlanError(Reason.PLAYBOOK_NOT_FOUND, f"step {step.name} {_NO_GOAL_MATCHING}")
+            try:
+                match = await asyncio.to_thread(self.goals.resolve, step.goal)
+            except LookupError as error:
+                raise PlanError(Reason.PLAYBOOK_NOT_FOUND, f"step {step.name}: {error}") from None
+            if not (match.playbook or match.role):
+                raise PlanError(
+                    Reason.PLAYBOOK_NOT_FOUND, f"step {step.name}: the goal matched nothing Ansible can run"
+                )
+            try:
+                resolved.append(resolved_step(step, match))
+            except ValueError as error:
+                message = f"step {step.name}: the catalog's match for its goal is not a valid step: {error}"
+                raise PlanError(Reason.INVALID_SPEC, message) from None
+            choices[index] = CatalogChoice(
+                query=step.goal,
+                score=match.score,
+                confident=match.confident,
+                runner_up=match.runner_up,
+                runner_up_score=match.runner_up_score,
+            )
+        spec = intent.spec.model_copy(update={"steps": resolved})
+        return intent.model_copy(update={"spec": spec}), choices
 
     async def _prepared(self, intent: DeploymentIntent) -> _Prepared:
         """The steps' files, resolved and hashed — one walk shared by the plans made meanwhile.

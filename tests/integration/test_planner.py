@@ -296,8 +296,8 @@ async def test_goal_only_step_waits_for_the_catalog(infra: Path) -> None:
     error = await plan_error(Planner(infra), make_intent({"name": "monitor", "goal": "watch my services"}))
     assert error.reason == Reason.PLAYBOOK_NOT_FOUND
     assert error.message == (
-        "step monitor names only a goal; goals are matched to playbooks by the playbook catalog, "
-        "which is not available yet — name a playbook or a role"
+        "step monitor names only a goal, and no playbook catalog is configured to match goals to playbooks "
+        "(the controller runs with one); name a playbook or a role"
     )
 
 

