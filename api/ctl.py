@@ -502,7 +502,19 @@ def plan_lines(plan: dict[str, Any] | None) -> list[str]:
     for index, step in enumerate(plan.get("steps", []), start=1):
         target = step.get("playbook") or f"role {step.get('role')}"
         lines.append(f"  {index}. {step['name']:<20} {target}  [{step['contentHash'][:12]}]")
+        if choice := step.get("catalog"):
+            lines.append(f"     {catalog_line(choice)}")
     return lines
+
+
+def catalog_line(choice: dict[str, Any]) -> str:
+    """How a goal-only step was resolved: the query, the score, how sure, and the runner-up."""
+    sure = "confident" if choice.get("confident") else "LOW CONFIDENCE: needs approval"
+    line = f'from the catalog: "{choice.get("query")}" scored {choice.get("score", 0):.2f} ({sure})'
+    if runner_up := choice.get("runnerUp"):
+        score = choice.get("runnerUpScore")
+        line += f"; runner-up {runner_up}" + (f" {score:.2f}" if score is not None else "")
+    return line
 
 
 def run_lines(runs: list[dict[str, Any]]) -> list[str]:

@@ -117,7 +117,14 @@ async def prepare_infra_repo(settings: Settings) -> Path:
             path,
             ignore=shutil.ignore_patterns(".git", "__pycache__", ".ansible", "*.retry"),
         )
-    await GitRepo.init(path, initial_files=None, message="Import the example homelab-infra repo")
+    if not (path / ".git").exists():
+        # Every file in the first commit: suggestions, history and drift read the committed tree.
+        files = {
+            str(file.relative_to(path)): file.read_bytes()
+            for file in sorted(path.rglob("*"))
+            if file.is_file() and ".git" not in file.relative_to(path).parts
+        }
+        await GitRepo.init(path, initial_files=files, message="Import the example homelab-infra repo")
     return path
 
 

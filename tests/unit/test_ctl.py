@@ -106,3 +106,19 @@ def test_comparable_fills_defaults_so_equal_specs_compare_equal() -> None:
     }
     long = {**short, "spec": {**short["spec"], "approval": "Manual", "priority": "Normal"}}
     assert comparable(short) == comparable(long)
+
+
+def test_describe_shows_how_the_catalog_resolved_a_goal() -> None:
+    from chiffon.api.ctl import plan_lines
+
+    step = {
+        "name": "deploy",
+        "playbook": "ansible/playbooks/kuma-deployment.yml",
+        "contentHash": "e0c90cde78e5" * 5,
+        "catalog": {"query": "deploy uptime kuma", "score": 0.41, "confident": False, "runnerUp": "x.yml"},
+    }
+    lines = plan_lines({"digest": "a" * 64, "risk": "High", "steps": [step]})
+    assert lines[-1].strip() == (
+        'from the catalog: "deploy uptime kuma" scored 0.41 (LOW CONFIDENCE: needs approval); '
+        "runner-up x.yml"
+    )
