@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from chiffon.resources import Plan, Run, RunStatus
 
@@ -35,6 +35,10 @@ class Progress:
     @property
     def failures(self) -> int:
         return self.attempt - 1
+
+
+# Sorts before every real (aware, UTC) time; a naive one cannot be compared with them.
+NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 def runs_of_plan(runs: Sequence[Run], generation: int, digest: str) -> list[Run]:
@@ -90,7 +94,7 @@ def duration_history(runs: Sequence[Run], plan_targets: dict[str, str]) -> dict[
     ``plan_targets`` maps a step name to its playbook or role in the plan the runs belonged to.
     """
     history: dict[str, list[float]] = {}
-    for run in sorted(runs, key=lambda r: r.finished_at or datetime.min.replace(tzinfo=None)):
+    for run in sorted(runs, key=lambda r: r.finished_at or NEVER):
         seconds = run_seconds(run)
         target = plan_targets.get(run.step)
         if run.status is RunStatus.SUCCESSFUL and seconds is not None and target and not run.check_mode:

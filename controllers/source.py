@@ -160,6 +160,7 @@ class SyncReport:
     pruned: list[str] = field(default_factory=list)
     unchanged: int = 0
     errors: list[FileError] = field(default_factory=list)
+    blobs: dict[str, str] = field(default_factory=dict)  # every intent defined at the ref -> its blob
 
     @property
     def changed(self) -> list[str]:
@@ -186,6 +187,8 @@ class GitSource:
         self._parsed: dict[str, ParseResult] = {}
         self._last_errors: list[FileError] = []
         self._saved: SourceStatus | None = None
+        # name -> blob this source last told its listeners about (see sync)
+        self._announced: dict[str, str] = {}
         self.repo = GitRepo(config.checkout_dir if config.is_remote else Path(config.location))
 
     # Where to read ---------------------------------------------------------------------
@@ -224,10 +227,19 @@ class GitSource:
                 await self._save_status(None, [], error=message)
                 return SyncReport(revision=None)
             report = await self._converge(revision)
-        if report.changed:
+            news = self._news(report)
+        if news:
             for listener in self._listeners:
-                await listener(report.changed)
+                await listener(news)
         return report
+
+    def _news(self, report: SyncReport) -> list[str]:
+        """What this source's listeners have not been told yet: what this sync changed, and what
+        another process's source wrote to the shared store since this one last looked (the API
+        syncs what `chiffonctl apply` commits; the controller must still hear of it)."""
+        before, self._announced = self._announced, dict(report.blobs)
+        moved = {name for name, blob in report.blobs.items() if before.get(name) != blob}
+        return sorted(set(report.changed) | moved | (before.keys() - report.blobs.keys()))
 
     async def _converge(self, revision: str) -> SyncReport:
         entries = [
@@ -240,7 +252,12 @@ class GitSource:
         known = await self.store.intent_sources(self.config.name)
         plan = plan_sync(desired, known, {error.path for error in errors})
         author = await self._author(revision) if plan.upserts or plan.prunes else SOURCE_ACTOR
-        report = SyncReport(revision=revision, unchanged=len(plan.unchanged), errors=errors)
+        report = SyncReport(
+            revision=revision,
+            unchanged=len(plan.unchanged),
+            errors=errors,
+            blobs={name: want.blob for name, want in desired.items()},
+        )
         upserts = [
             (
                 desired[name].intent,

@@ -30,7 +30,7 @@ from chiffon.gitrepo import GitRepo
 from chiffon.resources import ConditionType, is_condition_true
 from chiffon.store import Store
 from tests.agentsim import RecordingAgent
-from tests.contract.support import amqp_url, unique_prefix
+from tests.contract.support import amqp_url, broker_alone, unique_prefix
 from tests.helpers import ALICE
 
 pytestmark = pytest.mark.slow
@@ -173,7 +173,10 @@ async def until(predicate: Callable[[], bool], within: float) -> bool:
 
 
 async def wait_exit(process: subprocess.Popen[bytes], within: float = 60.0) -> int:
-    assert await until(lambda: process.poll() is not None, within), "expected a crash at the crash point"
+    if not await until(lambda: process.poll() is not None, within):
+        process.kill()  # never leave a controller behind: it would keep leading other tests' work
+        process.wait()
+        raise AssertionError("expected a crash at the crash point")
     return process.returncode
 
 
@@ -217,10 +220,11 @@ async def test_rabbitmq_restart_during_dispatch(lab: Lab) -> None:
         await asyncio.sleep(2)
         await lab.repo.commit({f"{n}.yaml": intent(n) for n in names}, "many intents", ALICE)
         assert await until(lambda: len(lab.agent.executed) >= 3, 60), "no run started"
-        _rabbitmqctl("stop_app")
-        await asyncio.sleep(2)
-        _rabbitmqctl("start_app")
-        _wait_for_rabbitmq()
+        async with broker_alone():  # tests of other runs on this machine wait for the restart
+            _rabbitmqctl("stop_app")
+            await asyncio.sleep(2)
+            _rabbitmqctl("start_app")
+            _wait_for_rabbitmq()
         await asyncio.sleep(1)
         await lab.agent.heartbeat()
         await lab.all_ready(names, within=120)

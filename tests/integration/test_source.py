@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from chiffon.controllers.source import GitSource, SourceConfig
 from chiffon.gitrepo import GitRepo
 from chiffon.resources import ConditionStatus
+from chiffon.store import Store
 from tests.helpers import ALICE, BOMB, intent_yaml
 
 
@@ -174,3 +177,33 @@ async def test_watch_loop_survives_an_unreachable_database(
     await dead.close()
     failures = [r.getMessage() for r in caplog.records if "sync of intents failed" in r.getMessage()]
     assert failures and "127.0.0.1:1" in failures[0] and "hunter2" not in failures[0]
+
+
+async def test_a_change_another_process_synced_is_still_announced(
+    intents_repo: GitRepo, store: Store, tmp_path: Path, commit: Callable[..., Any]
+) -> None:
+    """`chiffon api` syncs what `chiffonctl apply` commits; the controller's source must still tell."""
+    api = GitSource(SourceConfig(str(intents_repo.path), tmp_path / "api-checkout"), store)
+    heard: list[list[str]] = []
+
+    async def listen(names: Sequence[str]) -> None:
+        heard.append(list(names))
+
+    controller = GitSource(SourceConfig(str(intents_repo.path), tmp_path / "ctl-checkout"), store)
+    controller.subscribe(listen)
+    await commit({"kuma.yaml": intent_yaml("kuma")})
+    await controller.sync()
+    assert heard == [["kuma"]]
+
+    await commit({"kuma.yaml": intent_yaml("kuma", port=4000), "proxy.yaml": intent_yaml("proxy")})
+    await api.sync()  # the store is up to date before the controller looks
+    await controller.sync()
+    assert heard[-1] == ["kuma", "proxy"]
+
+    await commit({"proxy.yaml": None})
+    await api.sync()
+    await controller.sync()
+    assert heard[-1] == ["proxy"]
+
+    await controller.sync()  # nothing new: nobody is told anything
+    assert len(heard) == 3
