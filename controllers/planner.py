@@ -66,6 +66,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Generic, Protocol, TypeVar
 
 from chiffon import ansible_cli
+from chiffon.resources.ansible import BLOCK_SECTIONS, PLAY_TASK_SECTIONS, is_module_key
 from chiffon.resources.conditions import Reason
 from chiffon.resources.intent import DeploymentIntent, Step
 from chiffon.resources.plan import CatalogChoice, Plan, PlannedStep, Risk
@@ -299,21 +300,7 @@ def estimate_duration(keys: Sequence[str], history: Mapping[str, Sequence[float]
 
 # =========================================================================== pure: what a YAML file says
 
-# Keywords a task may carry besides its action; any other key is the module.
-_TASK_KEYWORDS = frozenset(
-    {
-        "action", "always", "any_errors_fatal", "args", "async", "become", "become_exe", "become_flags",
-        "become_method", "become_user", "block", "changed_when", "check_mode", "collections",
-        "connection", "debugger", "delay", "delegate_facts", "delegate_to", "diff", "environment",
-        "failed_when", "ignore_errors", "ignore_unreachable", "listen", "local_action", "loop",
-        "loop_control", "module_defaults", "name", "no_log", "notify", "poll", "port", "register",
-        "remote_user", "rescue", "retries", "run_once", "tags", "throttle", "timeout", "until", "vars",
-        "when",
-    }
-)  # fmt: skip
 _PLAY_KEYS = frozenset({"hosts", "import_playbook", "roles", "tasks", "pre_tasks", "post_tasks"})
-_PLAY_TASK_SECTIONS = ("pre_tasks", "tasks", "post_tasks", "handlers")
-_BLOCK_SECTIONS = ("block", "rescue", "always")
 _SOURCE_MODULES = frozenset({"template", "copy", "script", "unarchive"})
 # ruamel refuses tags outside the YAML core schema; Ansible's own two are harmless to blank out
 # for discovery (same length, so line numbers in errors stay right). The hash uses the raw bytes.
@@ -406,7 +393,7 @@ def _read_play(play: dict[Any, Any], into: _FactsBuilder) -> None:
     for entry in _as_list(play.get("vars_files")):
         # A nested list is "the first of these that exists": any of them may run.
         into.vars_files.extend(item for item in _as_list(entry) if isinstance(item, str))
-    for section in _PLAY_TASK_SECTIONS:
+    for section in PLAY_TASK_SECTIONS:
         for task in _as_list(play.get(section)):
             if isinstance(task, dict):
                 _read_task(task, into)
@@ -414,12 +401,12 @@ def _read_play(play: dict[Any, Any], into: _FactsBuilder) -> None:
 
 def _read_task(task: dict[Any, Any], into: _FactsBuilder) -> None:
     into.become |= _truthy(task.get("become"))
-    for section in _BLOCK_SECTIONS:
+    for section in BLOCK_SECTIONS:
         for inner in _as_list(task.get(section)):
             if isinstance(inner, dict):
                 _read_task(inner, into)
     for key, value in task.items():
-        if not isinstance(key, str) or key in _TASK_KEYWORDS or key.startswith("with_"):
+        if not is_module_key(key):
             if key in {"action", "local_action"}:
                 _read_action(_action_module(value), value, into)
             continue

@@ -43,6 +43,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from chiffon.resources.ansible import BLOCK_SECTIONS, PLAY_TASK_SECTIONS, is_module_key
 from chiffon.resources.yamlio import DEFAULT_LIMITS, ResourceError, load_yaml_documents
 
 __all__ = [
@@ -80,19 +81,6 @@ _ACTION_WORDS = (
     "deployment", "deploy", "install", "installation", "setup", "playbook", "provision", "role", "stack",
 )  # fmt: skip
 _PLAY_KEYS = frozenset({"hosts", "import_playbook"})
-_TASK_SECTIONS = ("pre_tasks", "tasks", "post_tasks", "handlers")
-_BLOCK_SECTIONS = ("block", "rescue", "always")
-_TASK_KEYWORDS = frozenset(
-    {
-        "action", "always", "any_errors_fatal", "args", "async", "become", "become_exe", "become_flags",
-        "become_method", "become_user", "block", "changed_when", "check_mode", "collections",
-        "connection", "debugger", "delay", "delegate_facts", "delegate_to", "diff", "environment",
-        "failed_when", "ignore_errors", "ignore_unreachable", "listen", "local_action", "loop",
-        "loop_control", "module_defaults", "name", "no_log", "notify", "poll", "port", "register",
-        "remote_user", "rescue", "retries", "run_once", "tags", "throttle", "timeout", "until", "vars",
-        "when",
-    }
-)  # fmt: skip
 # ruamel refuses tags outside the YAML core schema; Ansible's own are blanked (same length).
 _ANSIBLE_TAGS = re.compile(r"!(?:vault|unsafe)(?=\s)")
 _IMAGE_LINE = re.compile(r"^\s*image:\s*[\"']?([^\s\"'#{}]+(?:\{\{[^}]*\}\}[^\s\"'#]*)?)", re.MULTILINE)
@@ -407,11 +395,11 @@ def _read_tasks(tasks: Any, into: _TaskFacts, inherited_tags: Sequence[str] = ()
         if isinstance(name, str) and name.strip():
             into.names.append(" ".join(name.split()))
         into.tags.extend(_tags(task.get("tags")))
-        for section in _BLOCK_SECTIONS:
+        for section in BLOCK_SECTIONS:
             if section in task:
                 _read_tasks(task.get(section), into)
         for key, value in task.items():
-            if not isinstance(key, str) or key in _TASK_KEYWORDS or key.startswith("with_"):
+            if not is_module_key(key):
                 continue
             into.modules.append(key)
             short = _short(key)
@@ -482,7 +470,7 @@ def _read_playbook(plays: list[Any]) -> _PlaybookFacts:
                     tags = tuple(_tags(entry.get("tags")))
                     facts.roles.append(_RoleUse(role.strip(), tags, when))
                     facts.tags.extend(tags)
-        for section in _TASK_SECTIONS:
+        for section in PLAY_TASK_SECTIONS:
             _read_tasks(play.get(section), facts.tasks)
     for role, tasks_from in facts.tasks.roles:
         facts.roles.append(_RoleUse(role, tasks_from=tasks_from, listed=False))

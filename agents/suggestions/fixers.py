@@ -17,6 +17,8 @@ import re
 import shlex
 from collections.abc import Callable
 
+from chiffon.resources.ansible import is_module_key
+
 __all__ = ["BUILTIN_MODULES", "FIXERS", "fix", "unified_patch"]
 
 # ansible.builtin modules people write without their collection (ansible-core 2.16+).
@@ -160,10 +162,8 @@ def _task_keys(lines: list[str], span: tuple[int, int, int]) -> dict[str, int]:
 
 
 def _module_key(lines: list[str], span: tuple[int, int, int]) -> tuple[str, int] | None:
-    from chiffon.agents.suggestions.playbooks import TASK_KEYWORDS
-
     for key, index in _task_keys(lines, span).items():
-        if key not in TASK_KEYWORDS and not key.startswith("with_"):
+        if is_module_key(key):
             return key, index
     return None
 

@@ -22,66 +22,12 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Play", "RepoFiles", "Task", "load_repo", "parse_file", "task_keywords"]
+from chiffon.resources.ansible import BLOCK_SECTIONS, is_module_key
+
+__all__ = ["Play", "RepoFiles", "Task", "load_repo", "parse_file"]
 
 MAX_FILE_BYTES = 1024 * 1024
 _SKIP_DIRS = {".git", ".ansible", ".cache", "collections", "galaxy_cache", "node_modules", "venv", ".venv"}
-
-# Everything a task may say besides the module it calls (Ansible's Task and Base attributes).
-TASK_KEYWORDS = frozenset(
-    [
-        "name",
-        "when",
-        "tags",
-        "register",
-        "notify",
-        "become",
-        "become_user",
-        "become_method",
-        "become_flags",
-        "become_exe",
-        "loop",
-        "loop_control",
-        "vars",
-        "changed_when",
-        "failed_when",
-        "ignore_errors",
-        "ignore_unreachable",
-        "args",
-        "delegate_to",
-        "delegate_facts",
-        "run_once",
-        "check_mode",
-        "diff",
-        "environment",
-        "no_log",
-        "retries",
-        "delay",
-        "until",
-        "listen",
-        "block",
-        "rescue",
-        "always",
-        "any_errors_fatal",
-        "async",
-        "poll",
-        "throttle",
-        "timeout",
-        "collections",
-        "module_defaults",
-        "debugger",
-        "connection",
-        "remote_user",
-        "port",
-        "action",
-        "local_action",
-        "notify",
-    ]
-)
-
-
-def task_keywords() -> frozenset[str]:
-    return TASK_KEYWORDS
 
 
 class _LineDict(dict[str, Any]):
@@ -229,13 +175,13 @@ def _task_from(item: Any, path: str, *, handler: bool) -> Iterator[Task]:
     if not isinstance(item, dict):
         return
     line = getattr(item, "line", 0)
-    for section in ("block", "rescue", "always"):
+    for section in BLOCK_SECTIONS:
         if isinstance(item.get(section), list):
             for child in item[section]:
                 yield from _task_from(child, path, handler=handler)
     if "block" in item:
         return
-    modules = [key for key in item if key not in TASK_KEYWORDS and not key.startswith("with_")]
+    modules = [key for key in item if is_module_key(key)]
     module: str | None = modules[0] if modules else None
     args: Any = item.get(module) if module else None
     if module is None and isinstance(item.get("action"), str | dict):

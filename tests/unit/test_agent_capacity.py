@@ -157,7 +157,8 @@ def test_process_tree_usage_counts_the_tree() -> None:
     # A parent that spins a child for CPU time and allocates memory, then waits.
     script = (
         "import subprocess, sys, time;"
-        "spin = 'import time; t=time.time()\\nwhile time.time()-t<0.6: pass';"
+        # CPU time, not wall time: on a loaded machine 0.6 s of wall clock may be 0.2 s of CPU.
+        "spin = 'import time\\nwhile time.process_time() < 0.6: pass';"
         "subprocess.run([sys.executable, '-c', spin]);"
         "data = bytearray(60 * 1024 * 1024); time.sleep(1.5)"
     )
