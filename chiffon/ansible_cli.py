@@ -28,17 +28,16 @@ How it runs Ansible, and why:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from chiffon.tools import run_tool
 
 __all__ = [
     "AnsibleCliError",
@@ -165,36 +164,12 @@ async def _run(
 ) -> tuple[int, str]:
     """Exit status and stdout+stderr; the whole process group is killed on timeout."""
     try:
-        process = await asyncio.create_subprocess_exec(
-            str(executable),
-            *args,
-            cwd=str(cwd),
-            env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # its own group, so a timeout takes any children with it
-        )
+        ran = await run_tool(executable, args, cwd=cwd, env=env, timeout=timeout, merge_stderr=True)
     except OSError as exc:
         raise AnsibleCliError(f"could not start {executable}: {exc}") from exc
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout)
     except TimeoutError:
-        _kill_group(process.pid)
-        await process.wait()
         raise AnsibleCliError(f"ansible-playbook --syntax-check took longer than {timeout:g}s") from None
-    except BaseException:
-        # Cancelled: do not leave an orphaned ansible-playbook behind.
-        _kill_group(process.pid)
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, output.decode("utf-8", errors="replace")
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    return ran.returncode, ran.stdout
 
 
 def error_summary(output: str, returncode: int, *, strip: Sequence[Path] = ()) -> str:

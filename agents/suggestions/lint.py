@@ -23,17 +23,16 @@ How it runs, and why:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from chiffon.tools import run_tool
 
 __all__ = ["CONFIG_FILES", "LintError", "LintFinding", "LintReport", "find_ansible_lint", "run_ansible_lint"]
 
@@ -125,35 +124,17 @@ async def run_ansible_lint(
     executable = find_ansible_lint()
     args = _arguments(root, paths, profile)
     try:
-        process = await asyncio.create_subprocess_exec(
-            str(executable),
-            *args,
-            cwd=str(root),
-            env=_environment(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            limit=_MAX_OUTPUT_BYTES,
-            start_new_session=True,
+        ran = await run_tool(
+            executable, args, cwd=root, env=_environment(), timeout=timeout, limit=_MAX_OUTPUT_BYTES
         )
     except OSError as exc:
         raise LintError(f"could not start {executable}: {exc}") from exc
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
     except TimeoutError:
-        _kill_group(process.pid)
-        await process.wait()
         raise LintError(f"ansible-lint took longer than {timeout:g}s in {root}") from None
-    except BaseException:
-        _kill_group(process.pid)
-        await process.wait()
-        raise
-    returncode = process.returncode
-    assert returncode is not None
-    if returncode not in (0, 2):
-        detail = _last_line(stderr.decode("utf-8", errors="replace")) or f"exit status {returncode}"
+    if ran.returncode not in (0, 2):
+        detail = _last_line(ran.stderr) or f"exit status {ran.returncode}"
         raise LintError(f"ansible-lint failed in {root}: {detail}")
-    return LintReport(parse_codeclimate(stdout.decode("utf-8", errors="replace")), returncode)
+    return LintReport(parse_codeclimate(ran.stdout), ran.returncode)
 
 
 def parse_codeclimate(text: str) -> list[LintFinding]:
@@ -196,8 +177,3 @@ def _finding(item: Any) -> LintFinding | None:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("WARNING")]
     return lines[-1] if lines else ""
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
