@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import textwrap
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from chiffon.gitrepo import Identity
 
@@ -49,3 +54,28 @@ g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
 h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
 i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
 """
+
+
+POSTGRES_URL = os.environ.get(
+    "CHIFFON_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+
+
+@contextmanager
+def throwaway_database(kind: str) -> Iterator[str]:
+    """A PostgreSQL database of its own (``chiffon_<kind>_<hex>``), dropped afterwards.
+
+    For tests that start Chiffon processes: they connect by URL, so a schema
+    of the test's own is not enough. Yields the database's asyncpg URL.
+    """
+    admin = POSTGRES_URL.replace("+asyncpg", "")
+    name = f"chiffon_{kind}_{uuid.uuid4().hex[:8]}"
+    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        subprocess.run(
+            ["psql", admin, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+            check=False,
+            capture_output=True,
+        )

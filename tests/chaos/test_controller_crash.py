@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +30,11 @@ from chiffon.resources import ConditionType, is_condition_true
 from chiffon.store import Store
 from tests.agentsim import RecordingAgent
 from tests.contract.support import amqp_url, broker_alone, unique_prefix
-from tests.helpers import ALICE
+from tests.helpers import ALICE, throwaway_database
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN_URL = os.environ.get("CHIFFON_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 INTENTS = 12  # two steps each: 24 runs per scenario
 
 
@@ -102,16 +100,8 @@ class Lab:
 
 @pytest.fixture
 def database() -> Iterator[str]:
-    name = f"chiffon_chaos_{uuid.uuid4().hex[:8]}"
-    subprocess.run(["psql", ADMIN_URL, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        subprocess.run(
-            ["psql", ADMIN_URL, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
-            check=False,
-            capture_output=True,
-        )
+    with throwaway_database("chaos") as url:
+        yield url
 
 
 @pytest.fixture

@@ -33,7 +33,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,16 +44,13 @@ from chiffon.bus import DEAD_LETTER_QUEUE, HEARTBEATS_QUEUE, RESULTS_QUEUE, runs
 from chiffon.gitrepo import GitRepo
 from chiffon.store import Store
 from tests.contract.support import BusFactory, sweep_leftover_queues, unique_prefix
-from tests.helpers import ALICE
+from tests.helpers import ALICE, throwaway_database
 
 from .conftest import ROOT, Result, free_port
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-POSTGRES_URL = os.environ.get(
-    "CHIFFON_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
 INFRA = "infra-e2e"
 DESKTOP = "desk-sim"
 INTERVAL = "1"  # seconds between heartbeats: a silent agent is offline after 3 s
@@ -204,17 +200,8 @@ def _sweep() -> Iterator[None]:
 
 @pytest.fixture
 def database() -> Iterator[str]:
-    admin = POSTGRES_URL.replace("+asyncpg", "")
-    name = f"chiffon_e2e_{uuid.uuid4().hex[:8]}"
-    subprocess.run(["psql", admin, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
-    try:
-        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        subprocess.run(
-            ["psql", admin, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
-            check=False,
-            capture_output=True,
-        )
+    with throwaway_database("e2e") as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,6 @@ from chiffon.resources import (
 )
 from chiffon.resources.messages import (
     AgentOffline,
-    Envelope,
     Heartbeat,
     RunAccepted,
     RunResult,
@@ -42,6 +41,7 @@ from chiffon.resources.messages import (
 )
 from chiffon.resources.yamlio import parse_intents
 from chiffon.store import SourceRef, Store
+from tests.integration.test_reconciler import Clock, FakeDelivery
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,32 +58,6 @@ spec:
   limit: localhost
   approval: Auto
 """
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
-
-
-@dataclass
-class FakeDelivery:
-    """Our own bus adapter's Delivery, for feeding the consumers real envelopes."""
-
-    envelope: Envelope
-    redelivered: bool = False
-    acked: list[bool] = field(default_factory=list)
-
-    async def ack(self) -> None:
-        self.acked.append(True)
-
-    async def reject(self, *, requeue: bool) -> None:
-        raise AssertionError("consumers ack what they handled")
 
 
 @dataclass
