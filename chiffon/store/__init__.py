@@ -25,8 +25,12 @@ aiosqlite; the rest of Chiffon sees :class:`Store` and the resource models.
 from chiffon.store.errors import StoreError
 from chiffon.store.leader import LeaderLease, LeaderRecord
 from chiffon.store.records import (
+    ApiToken,
+    ChatProposal,
+    LlmSpend,
     LlmUsage,
     OutboxMessage,
+    ProposalStatus,
     SourceRef,
     Suggestion,
     SuggestionStatus,
@@ -36,10 +40,14 @@ from chiffon.store.records import (
 from chiffon.store.store import Store
 
 __all__ = [
+    "ApiToken",
+    "ChatProposal",
     "LeaderLease",
     "LeaderRecord",
+    "LlmSpend",
     "LlmUsage",
     "OutboxMessage",
+    "ProposalStatus",
     "SourceRef",
     "Store",
     "StoreError",

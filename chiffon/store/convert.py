@@ -12,8 +12,17 @@ from typing import Any, TypeVar, cast
 
 from chiffon.resources import Agent, Approval, AuditEvent, Model, Run
 from chiffon.resources.messages import AnsibleEvent
-from chiffon.store.records import LlmUsage, OutboxMessage, Suggestion, SuggestionStatus
+from chiffon.store.records import (
+    ApiToken,
+    ChatProposal,
+    LlmUsage,
+    OutboxMessage,
+    Suggestion,
+    SuggestionStatus,
+)
 from chiffon.store.tables import (
+    ApiTokenRow,
+    ChatProposalRow,
     LlmUsageRow,
     OutboxRow,
     SuggestionRow,
@@ -133,4 +142,30 @@ def llm_usage_from_row(row: LlmUsageRow) -> LlmUsage:
         reason=row.reason,
         intent=row.intent,
         outcome=row.outcome,
+    )
+
+
+def proposal_from_row(row: ChatProposalRow) -> ChatProposal:
+    return ChatProposal(
+        id=row.id,
+        conversation=row.conversation,
+        created_at=row.created_at,
+        actor=row.actor,
+        request=row.request,
+        documents=row.documents,
+        detail=dict(row.detail),
+        status=row.status,  # type: ignore[arg-type]
+        revision=row.revision,
+        decided_at=row.decided_at,
+    )
+
+
+def token_from_row(row: ApiTokenRow) -> ApiToken:
+    return ApiToken(
+        name=row.name,
+        role=row.role,
+        token_hash=row.token_hash,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        revoked_at=row.revoked_at,
     )

@@ -126,3 +126,51 @@ class LlmUsage:
     reason: str
     intent: str | None
     outcome: str
+
+
+@dataclass(frozen=True)
+class LlmSpend:
+    """What one provider's calls added up to over a period (budgets and ``chiffonctl usage``)."""
+
+    provider: str
+    model: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    failures: int
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+ProposalStatus = Literal["proposed", "committed", "discarded"]
+
+
+@dataclass(frozen=True)
+class ChatProposal:
+    """What the chat compiler proposed for one request (DESIGN §6), and what became of it."""
+
+    id: str
+    conversation: str
+    created_at: datetime
+    actor: str
+    request: str
+    documents: str
+    detail: dict[str, object]
+    status: ProposalStatus
+    revision: str | None = None
+    decided_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A role-bound API token; the store keeps only its sha256."""
+
+    name: str
+    role: str
+    token_hash: str
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None

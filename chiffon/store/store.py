@@ -20,7 +20,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, text, update
+from sqlalchemy import ColumnElement, case, delete, func, or_, select, text, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -46,8 +46,12 @@ from chiffon.store.migrate import current_revision, in_process_lock, schema_diff
 from chiffon.store.queries import audit_select, runs_of_select, runs_select
 from chiffon.store.records import (
     SUGGESTION_STATUSES,
+    ApiToken,
+    ChatProposal,
+    LlmSpend,
     LlmUsage,
     OutboxMessage,
+    ProposalStatus,
     ReconcileWrites,
     RunWrites,
     SourceRef,
@@ -58,8 +62,10 @@ from chiffon.store.records import (
 from chiffon.store.sqlutil import dialect_insert
 from chiffon.store.tables import (
     AgentRow,
+    ApiTokenRow,
     ApprovalRow,
     AuditEventRow,
+    ChatProposalRow,
     LeaderLeaseRow,
     LlmUsageRow,
     OutboxRow,
@@ -639,6 +645,128 @@ class Store:
         async with self._read() as session:
             rows = (await session.scalars(statement)).all()
         return [convert.llm_usage_from_row(row) for row in rows]
+
+    async def llm_spend(self, *, since: datetime) -> list[LlmSpend]:
+        """Calls, tokens and cost per provider and model since ``since`` (one grouped query)."""
+        failed = func.sum(case((LlmUsageRow.outcome == "success", 0), else_=1))
+        statement = (
+            select(
+                LlmUsageRow.provider,
+                LlmUsageRow.model,
+                func.count(),
+                func.coalesce(func.sum(LlmUsageRow.prompt_tokens), 0),
+                func.coalesce(func.sum(LlmUsageRow.completion_tokens), 0),
+                func.coalesce(func.sum(LlmUsageRow.cost_usd), 0.0),
+                func.coalesce(failed, 0),
+            )
+            .where(LlmUsageRow.time >= since)
+            .group_by(LlmUsageRow.provider, LlmUsageRow.model)
+            .order_by(LlmUsageRow.provider, LlmUsageRow.model)
+        )
+        async with self._read() as session:
+            rows = (await session.execute(statement)).all()
+        return [
+            LlmSpend(
+                provider=provider,
+                model=model,
+                calls=int(calls),
+                prompt_tokens=int(prompt),
+                completion_tokens=int(completion),
+                cost_usd=float(cost),
+                failures=int(failures),
+            )
+            for provider, model, calls, prompt, completion, cost, failures in rows
+        ]
+
+    # -- chat proposals ----------------------------------------------------------------------
+
+    async def save_proposal(self, proposal: ChatProposal) -> None:
+        async with self._write() as session:
+            session.add(
+                ChatProposalRow(
+                    id=proposal.id,
+                    conversation=proposal.conversation,
+                    created_at=proposal.created_at,
+                    actor=proposal.actor[:200],
+                    request=proposal.request,
+                    documents=proposal.documents,
+                    detail=proposal.detail,
+                    status=proposal.status,
+                    revision=proposal.revision,
+                    decided_at=proposal.decided_at,
+                )
+            )
+
+    async def get_proposal(self, proposal_id: str) -> ChatProposal | None:
+        async with self._read() as session:
+            row = await session.get(ChatProposalRow, proposal_id)
+        return convert.proposal_from_row(row) if row is not None else None
+
+    async def conversation(self, conversation: str, *, limit: int = 200) -> list[ChatProposal]:
+        """A conversation's proposals, oldest first."""
+        statement = (
+            select(ChatProposalRow)
+            .where(ChatProposalRow.conversation == conversation)
+            .order_by(ChatProposalRow.created_at.desc())
+            .limit(limit)
+        )
+        async with self._read() as session:
+            rows = (await session.scalars(statement)).all()
+        return [convert.proposal_from_row(row) for row in reversed(rows)]
+
+    async def decide_proposal(
+        self, proposal_id: str, status: ProposalStatus, *, revision: str | None = None
+    ) -> bool:
+        """Move a proposal out of ``proposed``; False when it had already left it (decided once)."""
+        statement = (
+            update(ChatProposalRow)
+            .where(ChatProposalRow.id == proposal_id, ChatProposalRow.status == "proposed")
+            .values(status=status, revision=revision, decided_at=_utcnow())
+        )
+        async with self._write() as session:
+            result = await session.execute(statement)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # -- API tokens --------------------------------------------------------------------------
+
+    async def create_token(self, token: ApiToken) -> None:
+        """Store a token; ValueError when the name or the hash is already taken."""
+        try:
+            async with self._write() as session:
+                session.add(
+                    ApiTokenRow(
+                        name=token.name,
+                        role=token.role,
+                        token_hash=token.token_hash,
+                        created_at=token.created_at,
+                        created_by=token.created_by[:200],
+                        revoked_at=token.revoked_at,
+                    )
+                )
+        except IntegrityError as error:
+            raise ValueError(f"a token named {token.name!r} already exists") from error
+
+    async def token_by_hash(self, token_hash: str) -> ApiToken | None:
+        statement = select(ApiTokenRow).where(ApiTokenRow.token_hash == token_hash)
+        async with self._read() as session:
+            row = (await session.scalars(statement)).first()
+        return convert.token_from_row(row) if row is not None else None
+
+    async def list_tokens(self) -> list[ApiToken]:
+        async with self._read() as session:
+            rows = (await session.scalars(select(ApiTokenRow).order_by(ApiTokenRow.name))).all()
+        return [convert.token_from_row(row) for row in rows]
+
+    async def revoke_token(self, name: str) -> bool:
+        """Revoke a token by name; False when there is no such live token."""
+        statement = (
+            update(ApiTokenRow)
+            .where(ApiTokenRow.name == name, ApiTokenRow.revoked_at.is_(None))
+            .values(revoked_at=_utcnow())
+        )
+        async with self._write() as session:
+            result = await session.execute(statement)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     # -- outbox ------------------------------------------------------------------------------
 

@@ -254,3 +254,35 @@ class LeaderLeaseRow(Base):
     holder: Mapped[str] = mapped_column(String(ID))
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
     renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ChatProposalRow(Base):
+    """What the chat compiler proposed for one request, kept until it is committed or dropped."""
+
+    __tablename__ = "chat_proposals"
+    __table_args__ = (Index("ix_chat_proposals_conversation_created_at", "conversation", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(ID), primary_key=True)
+    conversation: Mapped[str] = mapped_column(String(ID))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(ID))
+    request: Mapped[str] = mapped_column(Text)
+    documents: Mapped[str] = mapped_column(Text)  # the proposed YAML, exactly what a confirm commits
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONDocument)  # intents, preview, compiler, warnings
+    status: Mapped[str] = mapped_column(String(SHORT))  # proposed | committed | discarded
+    revision: Mapped[str | None] = mapped_column(String(DIGEST))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiTokenRow(Base):
+    """A bearer token of the API: only its sha256 is kept (the token itself is shown once)."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (UniqueConstraint("token_hash", name="uq_api_tokens_token_hash"),)
+
+    name: Mapped[str] = mapped_column(String(NAME), primary_key=True)
+    role: Mapped[str] = mapped_column(String(SHORT))
+    token_hash: Mapped[str] = mapped_column(String(DIGEST))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(ID))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -22,7 +22,7 @@ from tests.conftest import Database, SchemaFactory
 ROOT = Path(__file__).resolve().parents[2]
 ALEMBIC_INI = "chiffon/store/migrations/alembic.ini"
 ALEMBIC = Path(sys.executable).parent / "alembic"
-HEAD = "0001"
+HEAD = "0002"
 
 
 async def test_migrate_builds_exactly_the_models(database: Database) -> None:
