@@ -104,11 +104,10 @@ class Snapshot:
     async def approvals(self, name: str) -> list[Approval]:
         """``name``'s approvals; the first call reads those of every manual intent in the batch."""
         if self._approvals is None:
-            manual = [n for n, i in self._intents.items() if i.spec.approval is not ApprovalPolicy.AUTO]
-            self._approvals = asyncio.ensure_future(self._store.approvals_of(manual or [name]))
+            # Auto intents too: an abort rejects the current plan whatever the policy.
+            self._approvals = asyncio.ensure_future(self._store.approvals_of([*self._intents] or [name]))
         found = await self._approvals
-        intent = self._intents.get(name)
-        if name in found or (intent is not None and intent.spec.approval is not ApprovalPolicy.AUTO):
+        if name in found or name in self._intents:
             return found.get(name, [])
         return await self._store.list_approvals(name)
 
@@ -309,7 +308,10 @@ class IntentReconciler:
         digest = state.plan.digest
         # A goal the catalog matched with low confidence is a guess: a person approves it, even under Auto.
         guessed = needs_person(state.plan)
-        if state.intent.spec.approval is ApprovalPolicy.AUTO and not guessed:
+        approvals = await state.reads.approvals(state.name)
+        current = next((a for a in approvals if a.digest == digest), None)
+        rejected = current is not None and current.decision is ApprovalDecision.REJECTED
+        if state.intent.spec.approval is ApprovalPolicy.AUTO and not guessed and not rejected:
             state.condition(
                 ConditionType.APPROVED,
                 ConditionStatus.TRUE,
@@ -317,8 +319,6 @@ class IntentReconciler:
                 "approval: Auto approves every plan.",
             )
             return None
-        approvals = await state.reads.approvals(state.name)
-        current = next((a for a in approvals if a.digest == digest), None)
         if current is not None and current.decision is ApprovalDecision.APPROVED:
             state.condition(
                 ConditionType.APPROVED,
@@ -332,7 +332,10 @@ class IntentReconciler:
                 f"Plan {digest[:12]} rejected by {current.actor}: {current.reason or 'no reason given'}."
             )
             state.condition(ConditionType.APPROVED, ConditionStatus.FALSE, Reason.REJECTED, message)
-            state.status.blocked_by = f"rejected: {message} Change the spec to get a new plan."
+            state.status.blocked_by = (
+                f"rejected: {message} Approve it again (chiffonctl approve {state.name}) "
+                "or change the spec to get a new plan."
+            )
             state.blocked_reason = Reason.REJECTED
             return Result()
         reason = Reason.PLAN_CHANGED if approvals else Reason.AWAITING_APPROVAL

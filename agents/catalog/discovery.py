@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 #: Bump when what discovery finds or the texts it writes change: cached discoveries are then re-read.
-DISCOVERY_VERSION = 4
+DISCOVERY_VERSION = 5  # 5: inventories list their hosts
 #: Folders never walked: VCS data, caches, virtual environments.
 SKIP_DIRS = frozenset(
     {".git", ".hg", ".svn", "__pycache__", ".ansible", ".venv", "venv", "node_modules", ".tox", ".cache"}
@@ -188,9 +188,10 @@ class Entry:
 class Inventory:
     path: str
     groups: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return {"path": self.path, "groups": list(self.groups)}
+        return {"path": self.path, "groups": list(self.groups), "hosts": list(self.hosts)}
 
 
 @dataclass
@@ -211,7 +212,7 @@ class Discovery:
         return cls(
             entries=[Entry.from_wire(item) for item in data.get("entries", [])],
             inventories=[
-                Inventory(str(item["path"]), tuple(item.get("groups", ())))
+                Inventory(str(item["path"]), tuple(item.get("groups", ())), tuple(item.get("hosts", ())))
                 for item in data.get("inventories", [])
             ],
             warnings=[str(item) for item in data.get("warnings", [])],
@@ -482,20 +483,24 @@ def _load(text: str, source: str) -> list[Any]:
     return [document.data for document in load_yaml_documents(_ANSIBLE_TAGS.sub("      ", text), source)]
 
 
-def _inventory_groups(text: str, path: str) -> tuple[str, ...] | None:
+_INI_SECTION = re.compile(r"^\s*\[([^\]:\s]+)(?::(children|vars))?\]\s*$")
+
+
+def _inventory_names(text: str, path: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The groups and hosts an inventory file names, or None when the file is no inventory."""
     if not path.endswith(YAML_SUFFIXES):
-        sections = re.findall(r"^\s*\[([^\]:\s]+)(?::(?:children|vars))?\]\s*$", text, re.MULTILINE)
-        if sections:
-            return tuple(dict.fromkeys(sections))
-        if not text.lstrip().startswith(("all:", "---")):
-            return None
+        if _INI_SECTION.search(text) is not None or not text.lstrip().startswith(("all:", "---")):
+            return _ini_inventory_names(text)
     groups: list[str] = []
+    hosts: list[str] = []
 
     def walk(data: Any) -> None:
         if isinstance(data, dict):
             for name, body in data.items():
                 groups.append(str(name))
                 if isinstance(body, dict):
+                    if isinstance(body.get("hosts"), dict):
+                        hosts.extend(str(host) for host in body["hosts"])
                     walk(body.get("children"))
 
     for data in _load(text, path):
@@ -503,7 +508,26 @@ def _inventory_groups(text: str, path: str) -> tuple[str, ...] | None:
             walk(data)
         elif isinstance(data, dict):
             walk({"all": data})
-    return tuple(dict.fromkeys(groups)) if groups else None
+    if not groups:
+        return None
+    return tuple(dict.fromkeys(groups)), tuple(dict.fromkeys(hosts))
+
+
+def _ini_inventory_names(text: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    groups: list[str] = []
+    hosts: list[str] = []
+    section: str | None = "ungrouped"
+    for line in text.splitlines():
+        stripped = line.split("#", 1)[0].split(";", 1)[0].strip()
+        header = _INI_SECTION.match(line)
+        if header:
+            groups.append(header.group(1))
+            section = None if header.group(2) else header.group(1)  # :children and :vars list no hosts
+        elif stripped and section is not None:
+            hosts.append(stripped.split()[0])
+    if not groups:
+        return None
+    return tuple(dict.fromkeys(groups)), tuple(dict.fromkeys(hosts))
 
 
 # =========================================================================== impure: the walk
@@ -712,12 +736,12 @@ def discover(root: Path) -> Discovery:
         if text is None:
             continue
         try:
-            groups = _inventory_groups(text, relative)
+            names = _inventory_names(text, relative)
         except ResourceError as error:
             reader.warnings.append(f"{error}; skipped")
             continue
-        if groups is not None:
-            discovery.inventories.append(Inventory(relative, groups))
+        if names is not None:
+            discovery.inventories.append(Inventory(relative, *names))
     discovery.entries.sort(key=lambda e: (e.kind.value, e.path))
     discovery.warnings = reader.warnings
     return discovery

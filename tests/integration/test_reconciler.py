@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from chiffon.bus import runs_queue
+from chiffon.controllers.abort import AbortError, abort_intent
 from chiffon.controllers.consumers import HeartbeatConsumer, ResultConsumer
 from chiffon.controllers.intent_reconciler import IntentReconciler, intent_key
 from chiffon.controllers.planner import Planner
@@ -29,6 +30,7 @@ from chiffon.resources import (
     find_condition,
 )
 from chiffon.resources.messages import (
+    CancelRun,
     Envelope,
     Heartbeat,
     RunAccepted,
@@ -163,6 +165,8 @@ class World:
         requests = []
         for message in await self.store.pending_outbox(1000):
             payload = decode_envelope(message.body).payload
+            if isinstance(payload, CancelRun):
+                continue
             assert isinstance(payload, RunRequest)
             assert message.routing_key == runs_queue(payload.agent_id or "")
             requests.append(payload)
@@ -450,3 +454,49 @@ async def test_intents_waiting_for_capacity_are_told_their_place_in_line(world: 
     intent = await world.store.get_intent("second")
     assert intent is not None and intent.status is not None and intent.status.blocked_by is not None
     assert intent.status.blocked_by.startswith("waiting for capacity (2nd of 3 in line): ")
+
+
+async def test_abort_cancels_the_run_in_flight_and_holds_even_an_auto_plan(world: World) -> None:
+    await world.put(intent_text("kuma", approval="Auto", steps=(KUMA, PORTALS)))
+    await world.heartbeat()
+    await world.reconcile("kuma")
+    [request] = await world.outbox_requests()
+    await world.results.handle(
+        FakeDelivery(make_envelope(RunAccepted(run_id=request.run_id, agent_id="infra-1")))
+    )
+
+    report = await abort_intent(
+        world.store, "kuma", actor="Alice <a@x>", reason="wrong day", now=world.clock()
+    )
+
+    assert report.canceled_runs == [request.run_id]
+    cancels = [
+        (m.routing_key, decode_envelope(m.body).payload)
+        for m in await world.store.pending_outbox(1000)
+        if m.message_id.startswith("cancel-")
+    ]
+    assert cancels == [(runs_queue("infra-1"), CancelRun(run_id=request.run_id, reason="aborted: wrong day"))]
+    events = await world.store.list_audit(resource="DeploymentIntent/kuma")
+    [audit] = [event for event in events if event.action == "abort"]
+    assert audit.actor == "Alice <a@x>" and audit.details["canceledRuns"] == [request.run_id]
+
+    # The agent reports the run canceled: nothing restarts, although the intent is Auto.
+    await world.finish(request.run_id, status="canceled")
+    assert await world.reconcile("kuma") == Result()
+    assert await world.condition("kuma", "Approved") == ("False", "Rejected")
+    kuma = await world.store.get_intent("kuma")
+    assert kuma and kuma.status and "chiffonctl approve kuma" in (kuma.status.blocked_by or "")
+    assert len(await world.outbox_requests()) == 1
+
+    # Approving the same plan again retries the canceled step as the next attempt.
+    world.clock.advance(600)
+    await world.heartbeat()
+    await world.approve("kuma")
+    await world.reconcile("kuma")
+    retried = (await world.outbox_requests())[-1]
+    assert (retried.step, retried.attempt) == ("step-1", 2)
+
+
+async def test_abort_without_a_plan_is_refused(world: World) -> None:
+    with pytest.raises(AbortError, match="not found"):
+        await abort_intent(world.store, "ghost", actor="a", reason="")
