@@ -10,14 +10,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request, status
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.staticfiles import StaticFiles
 
 from chiffon import __version__
+from chiffon.api.chat import ChatError
 from chiffon.api.context import ServerContext
-from chiffon.api.deps import AuthDep
-from chiffon.api.routes import agents, approvals, audit, catalog, health, intents, runs, sources, suggestions
+from chiffon.api.deps import ViewerDep
+from chiffon.api.routes import (
+    abort,
+    agents,
+    approvals,
+    audit,
+    catalog,
+    chat,
+    health,
+    intents,
+    runs,
+    sources,
+    suggestions,
+    summary,
+    usage,
+)
 from chiffon.controllers.intents_writer import ApplyError, NotFoundError
 from chiffon.gitrepo import GitError
 from chiffon.store import StoreError
@@ -34,17 +51,47 @@ def create_app(context: ServerContext) -> FastAPI:
         description="GitOps control loops for Ansible-managed homelabs.",
     )
     app.state.context = context
-    api = APIRouter(prefix="/api/v1", dependencies=[AuthDep])
-    for module in (intents, approvals, runs, agents, sources, audit, catalog, suggestions, health):
+    # Every call needs at least the viewer role; routes that change things ask for more (deps.py).
+    api = APIRouter(prefix="/api/v1", dependencies=[ViewerDep])
+    for module in (intents, summary, approvals, abort, chat, runs, agents, sources, audit):
+        api.include_router(module.router)
+    for module in (catalog, suggestions, usage, health):
         api.include_router(module.router)
     app.include_router(api)
     _install_handlers(app)
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
+    _serve_page(app)
     return app
+
+
+STATIC_DIR = Path(__file__).parent / "static"
+# The chat page loads only its own files: no inline script, nothing from elsewhere.
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": PAGE_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _serve_page(app: FastAPI) -> None:
+    """The chat page at ``/`` and its script and style under ``/static`` (``/docs`` keeps its own rules)."""
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.middleware("http")
+    async def page_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response: Response = await call_next(request)
+        if request.url.path == "/" or request.url.path.startswith("/static/"):
+            response.headers.update(PAGE_HEADERS)
+        return response
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
 
 
 def _error(
@@ -76,6 +123,10 @@ def _install_handlers(app: FastAPI) -> None:
             f"{count} problem{'s' if count != 1 else ''} found; nothing was applied",
             problems,
         )
+
+    @app.exception_handler(ChatError)
+    async def not_compiled(_: Request, exc: ChatError) -> JSONResponse:
+        return _error(422, exc.detail, [{"message": problem} for problem in exc.problems])
 
     @app.exception_handler(NotFoundError)
     async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:

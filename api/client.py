@@ -199,6 +199,29 @@ class ChiffonClient:
         items: list[dict[str, Any]] = self.request("GET", "/audit", params=params)["items"]
         return items
 
+    def usage(self, since: str) -> dict[str, Any]:
+        """LLM spend since ``since`` (``30d``, ``24h``…), local quota and external budget left."""
+        report: dict[str, Any] = self.request("GET", "/usage", params={"since": since})
+        return report
+
+    def chat(
+        self, message: str, *, conversation: str | None, intent: str | None, priority: str | None
+    ) -> dict[str, Any]:
+        body = {"message": message, "conversation": conversation, "intent": intent, "priority": priority}
+        result: dict[str, Any] = self.request("POST", "/chat", json=body)
+        return result
+
+    def decide_proposal(self, proposal_id: str, verb: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/chat/{proposal_id}/{verb}")
+        return result
+
+    def intent_summary(self, name: str) -> dict[str, Any] | None:
+        return self._get_or_none(f"/intents/{name}/summary")
+
+    def abort(self, name: str, reason: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"/intents/{name}/abort", json={"reason": reason})
+        return result
+
 
 def parse_sse(lines: Iterator[str]) -> Iterator[ServerSentEvent]:
     """Server-Sent Events from a stream's lines: ``event``/``data``/``id`` fields, a blank line ends one.

@@ -26,6 +26,7 @@ from rich.table import Table
 from chiffon.api.agentview import parse_label_selector, parse_mebibytes
 from chiffon.api.client import DEFAULT_SERVER, ApiError, ChiffonClient, UnreachableError
 from chiffon.api.ctl_catalog import catalog_app
+from chiffon.api.ctl_usage import usage
 from chiffon.controllers.scheduler import OFFLINE_AFTER
 from chiffon.resources import AgentKind, DeploymentIntent, RunStatus
 from chiffon.resources.yamlio import (
@@ -54,6 +55,7 @@ app.add_typer(get_app, name="get")
 app.add_typer(describe_app, name="describe")
 app.add_typer(delete_app, name="delete")
 app.add_typer(catalog_app, name="catalog")
+app.command("usage")(usage)
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -1015,4 +1017,8 @@ def main() -> None:
 
 
 # Command groups in their own modules register themselves on `app` when imported.
-from chiffon.api import ctl_suggestions, ctl_templates  # noqa: E402, F401
+from chiffon.api import (  # noqa: E402, F401
+    ctl_chat,
+    ctl_suggestions,
+    ctl_templates,
+)

@@ -1,17 +1,46 @@
-"""FastAPI dependencies as typed aliases (``StoreDep`` and friends)."""
+"""FastAPI dependencies as typed aliases (``StoreDep`` and friends), and who may call what.
+
+Access control (:mod:`chiffon.api.auth`): ``PrincipalDep`` is the caller,
+resolved once per request from its bearer token. A route states the least role
+it needs with one of these ready-to-use ``Depends`` objects, on the decorator
+or on its router::
+
+    @router.post("/{name}/confirm", dependencies=[OperatorDep])
+
+* ``ViewerDep`` — any valid caller; every route under ``/api/v1`` has it (app.py);
+* ``OperatorDep`` — changes what runs: apply/delete intents, sync, suggestions, chat;
+* ``ApproverDep`` — approve and reject plans;
+* ``AdminDep`` — everything.
+
+``require(role)`` returns the same checks as dependency functions. A denied
+request — 401 without a valid token, 403 without the role — is recorded in the
+audit (action ``denied``, outcome failure, method, path, the role required and
+the role held; never the token) and told what to do.
+
+``ActorDep`` is who acts, for commits and audit events: the token's name
+(``ci <token:ci>``) whenever a token authenticated the request; only the open
+local server (no tokens at all) believes the ``X-Chiffon-Actor`` header.
+"""
 
 from __future__ import annotations
 
-import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.dependencies.models import Dependant
 
+from chiffon.api.auth import AuthenticationError, Principal, Role, resolve_principal
 from chiffon.api.context import ServerContext
 from chiffon.controllers.intents_writer import IntentsWriter
 from chiffon.controllers.source import GitSource
 from chiffon.gitrepo import Identity
-from chiffon.store import Store
+from chiffon.resources import AuditEvent, Outcome
+from chiffon.store import Store, StoreError
+
+log = logging.getLogger(__name__)
 
 ACTOR_HEADER = "X-Chiffon-Actor"
 ANONYMOUS = "anonymous <anonymous@chiffon.local>"
@@ -42,25 +71,100 @@ SourceDep = Annotated[GitSource, Depends(get_source)]
 WriterDep = Annotated[IntentsWriter, Depends(get_writer)]
 
 
-def require_token(request: Request, context: ContextDep) -> None:
-    """Bearer-token check, active whenever a token is configured."""
-    token = context.settings.api_token
-    if token is None:
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        presented.encode(), token.get_secret_value().encode()
-    ):
+# Access control ------------------------------------------------------------------------------
+
+
+async def get_principal(request: Request, context: ContextDep) -> Principal:
+    """The caller; 401 (audited) when the request has no valid token and one is needed."""
+    try:
+        return await resolve_principal(context.settings, context.store, request.headers.get("Authorization"))
+    except AuthenticationError as exc:
+        await _audit_denied(context.store, request, ANONYMOUS, _required_by_route(request), None, exc.reason)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            detail="missing or wrong bearer token: set CHIFFON_TOKEN to the server's api_token",
-            headers={"WWW-Authenticate": "Bearer"},
+            detail=exc.message,
+            headers={"WWW-Authenticate": 'Bearer realm="chiffon"'},
+        ) from None
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def _requirement(role: Role) -> Callable[[Request, ContextDep, PrincipalDep], Awaitable[Principal]]:
+    async def check(request: Request, context: ContextDep, principal: PrincipalDep) -> Principal:
+        if principal.allows(role):
+            return principal
+        await _audit_denied(context.store, request, str(principal.identity), role, principal.role, "role")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=f"this needs the {role} role; {principal.describe()} has {principal.role}",
         )
 
+    check.__name__ = f"require_{role.value}"
+    check.required_role = role  # type: ignore[attr-defined]  # read by _required_by_route
+    return check
 
-def get_actor(request: Request) -> Identity:
-    """Who is acting: the identity the client states (the token will bind it once roles exist)."""
+
+# One function per role: FastAPI runs a dependency once per request by identity.
+_REQUIREMENTS = {role: _requirement(role) for role in Role}
+
+
+def require(role: Role) -> Callable[[Request, ContextDep, PrincipalDep], Awaitable[Principal]]:
+    """A dependency passing callers with ``role`` or a higher one (403 otherwise); returns the caller."""
+    return _REQUIREMENTS[role]
+
+
+ViewerDep = Depends(require(Role.VIEWER))
+OperatorDep = Depends(require(Role.OPERATOR))
+ApproverDep = Depends(require(Role.APPROVER))
+AdminDep = Depends(require(Role.ADMIN))
+AuthDep = ViewerDep  # the name app.py used before roles existed
+
+
+def _required_by_route(request: Request) -> Role:
+    """The most a route requires, for the audit of a request without a valid token."""
+    route = request.scope.get("route")
+    dependant: Dependant | None = getattr(route, "dependant", None)
+    found = [Role.VIEWER]
+    pending = [dependant] if dependant is not None else []
+    while pending:
+        current = pending.pop()
+        required = getattr(current.call, "required_role", None)
+        if isinstance(required, Role):
+            found.append(required)
+        pending.extend(current.dependencies)
+    return max(found)
+
+
+async def _audit_denied(
+    store: Store, request: Request, actor: str, required: Role, have: Role | None, reason: str
+) -> None:
+    """Record a denied request; the token is never part of it (the Authorization header is not read)."""
+    method, path = request.method, request.url.path[:300]
+    log.info("denied %s %s to %s: %s", method, path, actor, reason)
+    event = AuditEvent(
+        time=datetime.now(UTC),
+        actor=actor[:200],
+        action="denied",
+        outcome=Outcome.FAILURE,
+        details={
+            "method": method,
+            "path": path,
+            "required": required.value,
+            "role": have.value if have is not None else None,
+            "reason": reason,
+        },
+    )
+    try:
+        await store.record_audit(event)
+    except StoreError as exc:  # the request is denied all the same
+        log.warning("could not record a denied request in the audit: %s", exc)
+
+
+def get_actor(request: Request, principal: PrincipalDep) -> Identity:
+    """Who is acting: the token's name when a token authenticated the request, else the stated identity."""
+    if principal.authenticated:
+        return principal.identity
     stated = request.headers.get(ACTOR_HEADER, "").strip()
     if not stated or len(stated) > 200 or any(ch in stated for ch in "\r\n\0"):
         stated = ANONYMOUS
@@ -68,4 +172,3 @@ def get_actor(request: Request) -> Identity:
 
 
 ActorDep = Annotated[Identity, Depends(get_actor)]
-AuthDep = Depends(require_token)

@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -193,11 +194,27 @@ async def open_source(settings: Settings, store: Store) -> GitSource:
     return source
 
 
-def check_listen_address(settings: Settings) -> None:
-    if settings.listens_beyond_loopback and settings.api_token is None:
+async def stored_tokens_exist(settings: Settings) -> bool:
+    """Whether the database holds a live API token; asked only when it decides whether Chiffon may start."""
+    from chiffon.api.auth import has_live_tokens
+
+    if not settings.listens_beyond_loopback or settings.api_token is not None:
+        return False
+    if settings.database_url is None and not (settings.home / "chiffon.db").exists():
+        return False  # a fresh state directory: no token, and no database to create just to say so
+    store = await open_store(settings)
+    try:
+        return await has_live_tokens(store)
+    finally:
+        await store.close()
+
+
+def check_listen_address(settings: Settings, *, stored_tokens: bool = False) -> None:
+    if settings.listens_beyond_loopback and settings.api_token is None and not stored_tokens:
         raise StartupError(
             f"refusing to listen on {settings.host} without authentication: "
-            "set CHIFFON_API_TOKEN (or api_token in chiffon.yaml), or listen on 127.0.0.1"
+            "create a token with `chiffon token create NAME --role admin` "
+            "(or set CHIFFON_API_TOKEN), or listen on 127.0.0.1"
         )
     with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -334,12 +351,28 @@ def embedded_agent_loops(settings: Settings, bus: Bus, infra: Path) -> list[Name
     ]
 
 
+def warm_chat(context: ServerContext) -> None:
+    """Load the chat compiler's catalog and model in the background, so the first request is quick."""
+    from chiffon.api.chat import chat_service
+
+    def warm() -> None:
+        try:
+            chat_service(context.settings, context.store, context.writer).catalog.warm()
+        except Exception:  # the first chat request reports what is wrong
+            log.warning("could not prepare the chat compiler; the first request tries again", exc_info=True)
+
+    threading.Thread(target=warm, name="chat-warm", daemon=True).start()
+
+
 async def run_up(settings: Settings) -> None:
     from chiffon.api.context import ServerContext
     from chiffon.controllers.intents_writer import IntentsWriter
 
-    check_listen_address(settings)
+    check_listen_address(settings, stored_tokens=await stored_tokens_exist(settings))
     settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.infra_repo is None and settings.compiler_default_limit is None:
+        # The bundled example's lab host: a request that names no host rehearses on this machine.
+        settings = settings.model_copy(update={"compiler_default_limit": "localhost"})
     infra = await prepare_infra_repo(settings)
     await prepare_git_repos(settings)
     store = await open_store(settings)
@@ -348,6 +381,7 @@ async def run_up(settings: Settings) -> None:
         source = await open_source(settings, store)
         await source.sync()
         context = ServerContext(settings, store, source, IntentsWriter(source))
+        warm_chat(context)
         _banner(settings, infra)
         loops = [
             controller_loop(settings, store, bus, source, infra),
@@ -363,11 +397,12 @@ async def run_api(settings: Settings) -> None:
     from chiffon.api.context import ServerContext
     from chiffon.controllers.intents_writer import IntentsWriter
 
-    check_listen_address(settings)
+    check_listen_address(settings, stored_tokens=await stored_tokens_exist(settings))
     store = await open_store(settings)
     try:
         source = await open_source(settings, store)
         context = ServerContext(settings, store, source, IntentsWriter(source))
+        warm_chat(context)
         await _serve(settings, context, [])
     finally:
         await store.close()
@@ -529,6 +564,129 @@ def migrate(home: HomeOption = None) -> None:
 
         asyncio.run(_migrate())
         typer.echo(f"database at {_redact(settings.resolved_database_url)} is up to date")
+
+
+# API tokens ----------------------------------------------------------------------------------
+
+token_app = typer.Typer(
+    help="Bearer tokens of the API, each with a role: viewer < operator < approver < admin.",
+    no_args_is_help=True,
+)
+app.add_typer(token_app, name="token")
+
+# chiffon.api.auth.Role, written out so that `--help` does not import the API (a test checks they agree).
+ROLE_NAMES = ("viewer", "operator", "approver", "admin")
+
+
+def _token_creator() -> str:
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} (chiffon token create)"
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="who or what holds the token, e.g. alice or ci")],
+    role: Annotated[str, typer.Option("--role", help=f"one of {', '.join(ROLE_NAMES)}")],
+    home: HomeOption = None,
+) -> None:
+    """Create a token and print it, once: only its sha256 is stored."""
+    from chiffon.api.auth import Role, check_token_name, create_token, has_live_tokens
+
+    try:
+        chosen = Role.parse(role)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--role") from None
+    try:
+        check_token_name(name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="NAME") from None
+    with _reported():
+        settings = load_settings(home=home)
+
+        async def _create() -> tuple[str, bool]:
+            store = await open_store(settings)
+            try:
+                first = not await has_live_tokens(store)
+                return await create_token(store, name, chosen, _token_creator()), first
+            finally:
+                await store.close()
+
+        try:
+            token, first = asyncio.run(_create())
+        except ValueError as exc:
+            typer.echo(f"chiffon: error: {exc}; revoke it first or choose another name", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"Created token {name!r} with role {chosen}. It is shown only now; keep it somewhere safe:")
+    typer.echo(f"\n    {token}\n")
+    typer.echo(f"Use it with chiffonctl:  export CHIFFON_TOKEN={token}")
+    if first and settings.api_token is None:
+        typer.echo(
+            "This is the first token: from now on every API call needs one "
+            "(the API stops accepting calls without a token within a few seconds)."
+        )
+
+
+@token_app.command("list")
+def token_list(home: HomeOption = None) -> None:
+    """The tokens by name with role, creation and revocation (never the tokens themselves)."""
+    with _reported():
+        settings = load_settings(home=home)
+
+        async def _list() -> list[tuple[str, ...]]:
+            store = await open_store(settings)
+            try:
+                tokens = await store.list_tokens()
+            finally:
+                await store.close()
+            return [
+                (
+                    token.name,
+                    token.role,
+                    f"{token.created_at:%Y-%m-%d %H:%M}",
+                    token.created_by,
+                    f"{token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else "-",
+                )
+                for token in tokens
+            ]
+
+        rows = asyncio.run(_list())
+    if not rows:
+        typer.echo("No tokens. Create one with `chiffon token create NAME --role ROLE`.")
+        return
+    table = [("NAME", "ROLE", "CREATED", "BY", "REVOKED"), *rows]
+    widths = [max(len(row[column]) for row in table) for column in range(len(table[0]))]
+    for row in table:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="the token's name")],
+    home: HomeOption = None,
+) -> None:
+    """Revoke a token: calls with it are refused from now on."""
+    from chiffon.api.auth import revoke_token
+
+    with _reported():
+        settings = load_settings(home=home)
+
+        async def _revoke() -> bool:
+            store = await open_store(settings)
+            try:
+                return await revoke_token(store, name)
+            finally:
+                await store.close()
+
+        revoked = asyncio.run(_revoke())
+    if not revoked:
+        typer.echo(f"chiffon: error: no live token is named {name!r} (see `chiffon token list`)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"Revoked token {name!r}.")
 
 
 # Agents --------------------------------------------------------------------------------------

@@ -103,6 +103,48 @@ class Settings(BaseSettings):
         "instead of a new branch chiffon/suggestion-<id>",
     )
     lint_timeout: float = Field(default=300.0, gt=0, description="seconds one ansible-lint run may take")
+    # The chat compiler (agents/compiler).
+    compiler_default_limit: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="host pattern an intent compiled from a request targets when the request names no host; "
+        "default: none (the playbooks' own hosts); `chiffon up` with the bundled example uses localhost",
+    )
+    # Language models (agents/llm.py, docs/llm.md): local first, the external model when it is worth it.
+    llm_local_model: str | None = Field(
+        default=None,
+        description="litellm name of the local model, e.g. ollama_chat/llama3.1:8b; none: no local model",
+    )
+    llm_local_api_base: str | None = Field(
+        default=None, description="where the local model answers, e.g. http://127.0.0.1:11434"
+    )
+    llm_external_model: str | None = Field(
+        default=None,
+        description="litellm name of the external model, e.g. anthropic/claude-sonnet-4-5; none: local only",
+    )
+    llm_external_api_key: SecretStr | None = Field(
+        default=None,
+        description="API key of the external model; none: the provider's variable, e.g. ANTHROPIC_API_KEY",
+    )
+    llm_local_daily_tokens: int = Field(
+        default=200_000,
+        ge=0,
+        description="tokens a UTC day the local model may spend before the external one is preferred",
+    )
+    llm_external_monthly_budget_usd: float = Field(
+        default=10.0,
+        ge=0,
+        description="US dollars a calendar month the external model may cost; 0: never use it",
+    )
+    llm_timeout: float = Field(
+        default=30.0, gt=0, description="seconds one LLM call may take before the next model is tried"
+    )
+    llm_complexity_threshold: float = Field(
+        default=0.6,
+        ge=0,
+        le=1,
+        description="a request scoring at least this (0-1) goes to the external model first",
+    )
 
     @field_validator("home", "infra_repo", "audit_repo", "catalog_cache_dir", mode="before")
     @classmethod

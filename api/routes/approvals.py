@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
-from chiffon.api.deps import ActorDep, StoreDep
+from chiffon.api.deps import ActorDep, ApproverDep, StoreDep
 from chiffon.resources import Approval, AuditEvent, Decision, Outcome
 
-router = APIRouter(prefix="/intents", tags=["approvals"])
+router = APIRouter(prefix="/intents", tags=["approvals"], dependencies=[ApproverDep])
 
 DIGEST_PATTERN = r"^[0-9a-f]{6,64}$"
 

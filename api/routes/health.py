@@ -1,11 +1,11 @@
-"""Liveness and version."""
+"""Liveness, version, and who is calling."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from chiffon import __version__
-from chiffon.api.deps import StoreDep
+from chiffon.api.deps import PrincipalDep, StoreDep
 
 router = APIRouter(tags=["health"])
 
@@ -19,3 +19,9 @@ async def healthz(store: StoreDep) -> dict[str, str]:
 @router.get("/version")
 async def version() -> dict[str, str]:
     return {"version": __version__, "protocol": "chiffon/v1"}
+
+
+@router.get("/whoami")
+async def whoami(principal: PrincipalDep) -> dict[str, object]:
+    """The caller's name and role; ``authenticated`` is false on an open local server (no tokens)."""
+    return principal.to_wire()

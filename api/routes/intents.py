@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from chiffon.api.deps import ActorDep, StoreDep, WriterDep
+from chiffon.api.deps import ActorDep, OperatorDep, StoreDep, WriterDep
 from chiffon.api.schemas import (
     AppliedIntentResponse,
     ApplyRequest,
@@ -52,7 +52,7 @@ async def get_intent(name: str, store: StoreDep) -> dict[str, Any]:
     return intent.to_wire()
 
 
-@router.post("/apply", response_model=ApplyResponse)
+@router.post("/apply", response_model=ApplyResponse, dependencies=[OperatorDep])
 async def apply_intents(body: ApplyRequest, writer: WriterDep, actor: ActorDep) -> ApplyResponse:
     """Validate every document, commit them to the intents repo as the caller, then sync."""
     files = [SubmittedFile(f.name, f.content.encode()) for f in body.files]
@@ -69,7 +69,7 @@ async def apply_intents(body: ApplyRequest, writer: WriterDep, actor: ActorDep) 
     return ApplyResponse.model_validate(report, from_attributes=True)
 
 
-@router.delete("/{name}", response_model=ApplyResponse)
+@router.delete("/{name}", response_model=ApplyResponse, dependencies=[OperatorDep])
 async def delete_intent(
     name: str, writer: WriterDep, actor: ActorDep, body: DeleteRequest | None = None
 ) -> ApplyResponse:

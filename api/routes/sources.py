@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, status
 
-from chiffon.api.deps import SourceDep, StoreDep
+from chiffon.api.deps import OperatorDep, SourceDep, StoreDep
 from chiffon.api.schemas import ListResponse
 
 router = APIRouter(prefix="/sources", tags=["sources"])
@@ -18,7 +18,7 @@ async def list_sources(store: StoreDep) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "List", "items": [s.to_wire() for s in statuses]}
 
 
-@router.post("/sync", status_code=status.HTTP_200_OK)
+@router.post("/sync", status_code=status.HTTP_200_OK, dependencies=[OperatorDep])
 async def sync_sources(source: SourceDep) -> dict[str, Any]:
     """Sync now (a git host's push webhook can call this)."""
     report = await source.sync()

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from chiffon.agents.suggestions import lint, service
 from chiffon.agents.suggestions.findings import split_category
-from chiffon.api.deps import ActorDep, ContextDep, StoreDep
+from chiffon.api.deps import ActorDep, ContextDep, OperatorDep, StoreDep
 from chiffon.store.records import SUGGESTION_STATUSES, Suggestion
 
 router = APIRouter(prefix="/suggestions", tags=["suggestions"])
@@ -65,7 +65,7 @@ async def list_suggestions(
     return {"kind": "List", "items": [suggestion_public(item) for item in items]}
 
 
-@router.post("/scan")
+@router.post("/scan", dependencies=[OperatorDep])
 async def scan(context: ContextDep) -> dict[str, Any]:
     """Lint and check homelab-infra's committed state and the stored runs; store what is new."""
     settings = context.settings
@@ -96,7 +96,7 @@ async def get_suggestion(suggestion_id: int, store: StoreDep) -> dict[str, Any]:
     return {**suggestion_public(found), "history": [event.to_wire() for event in history]}
 
 
-@router.post("/{suggestion_id}/accept")
+@router.post("/{suggestion_id}/accept", dependencies=[OperatorDep])
 async def accept(
     suggestion_id: int, body: AcceptRequest, context: ContextDep, actor: ActorDep
 ) -> dict[str, Any]:
@@ -125,7 +125,7 @@ async def accept(
     }
 
 
-@router.post("/{suggestion_id}/dismiss")
+@router.post("/{suggestion_id}/dismiss", dependencies=[OperatorDep])
 async def dismiss(
     suggestion_id: int, body: DismissRequest, store: StoreDep, actor: ActorDep
 ) -> dict[str, Any]:

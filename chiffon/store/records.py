@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from chiffon.resources import AuditEvent, IntentStatus, Run
 from chiffon.resources.messages import AnsibleEvent
@@ -158,7 +158,7 @@ class ChatProposal:
     actor: str
     request: str
     documents: str
-    detail: dict[str, object]
+    detail: dict[str, Any]
     status: ProposalStatus
     revision: str | None = None
     decided_at: datetime | None = None
