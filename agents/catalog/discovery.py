@@ -488,9 +488,9 @@ _INI_SECTION = re.compile(r"^\s*\[([^\]:\s]+)(?::(children|vars))?\]\s*$")
 
 def _inventory_names(text: str, path: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     """The groups and hosts an inventory file names, or None when the file is no inventory."""
-    if not path.endswith(YAML_SUFFIXES):
-        if _INI_SECTION.search(text) is not None or not text.lstrip().startswith(("all:", "---")):
-            return _ini_inventory_names(text)
+    ini = _INI_SECTION.search(text) is not None or not text.lstrip().startswith(("all:", "---"))
+    if not path.endswith(YAML_SUFFIXES) and ini:
+        return _ini_inventory_names(text)
     groups: list[str] = []
     hosts: list[str] = []
 

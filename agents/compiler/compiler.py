@@ -204,6 +204,7 @@ class Compiler:
 
 _DEFAULTED = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\|\s*default\b")
 _TOP_KEY = re.compile(r"^([A-Za-z_]\w*)\s*:", re.MULTILINE)
+_ROLE_USE = re.compile(r"^\s*(?:-\s+)?(?:role|name):\s*['\"]?([A-Za-z0-9_.-]+)['\"]?\s*$", re.MULTILINE)
 
 
 @functools.lru_cache(maxsize=2048)
@@ -213,16 +214,39 @@ def _inputs_of(path: Path, mtime_ns: int, defaults_file: bool) -> tuple[str, ...
     return tuple(dict.fromkeys(names))
 
 
-def entry_inputs(root: Path, entry: Entry) -> tuple[str, ...]:
-    """The vars a person may set for ``entry``: a playbook's ``{{ x | default(…) }}``, a role's defaults."""
-    if entry.playbook is not None:
-        path, defaults_file = root / entry.playbook, False
-    else:
-        path, defaults_file = root / entry.path / "defaults" / "main.yml", True
+def _read_inputs(path: Path, defaults_file: bool) -> tuple[str, ...]:
     try:
         return _inputs_of(path, path.stat().st_mtime_ns, defaults_file)
     except OSError:
         return ()
+
+
+def _role_defaults(root: Path, playbook: Path) -> list[Path]:
+    """Defaults files of the roles a playbook names, where Ansible would look for them."""
+    try:
+        text = playbook.read_text(errors="replace")
+    except OSError:
+        return []
+    found = []
+    for name in dict.fromkeys(_ROLE_USE.findall(text)):
+        for base in (playbook.parent / "roles", playbook.parent.parent / "roles", root / "roles"):
+            candidate = base / name / "defaults" / "main.yml"
+            if candidate.is_file():
+                found.append(candidate)
+                break
+    return found
+
+
+def entry_inputs(root: Path, entry: Entry) -> tuple[str, ...]:
+    """The vars a person may set for ``entry``: a playbook's ``{{ x | default(…) }}`` and its roles'
+    defaults, or a role's defaults."""
+    if entry.playbook is None:
+        return _read_inputs(root / entry.path / "defaults" / "main.yml", True)
+    playbook = root / entry.playbook
+    names = list(_read_inputs(playbook, False))
+    for defaults in _role_defaults(root, playbook):
+        names.extend(_read_inputs(defaults, True))
+    return tuple(dict.fromkeys(names))
 
 
 def modify_name(base: DeploymentIntent | None) -> str | None:

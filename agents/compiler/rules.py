@@ -76,6 +76,8 @@ _ALL_WORDS = re.compile(
     r"\b(?:on\s+)?(?:all|every|each)\s+(?:of\s+the\s+)?(?:servers?|hosts?|machines?|boxes|nodes?)\b|\beverywhere\b",
     re.I,
 )
+_MODEL_TAG = re.compile(r"(?<![\w/.:-])([a-z][a-z0-9.\-]*:[a-z0-9][a-z0-9.\-]*)(?![\w/:-])", re.I)
+_UPGRADE_MODE = re.compile(r"\b(full|safe|dist)[ -]?upgrade", re.I)
 _LOCAL_WORDS = re.compile(r"\b(?:this machine|locally|local machine|here|the lab|lab machine)\b", re.I)
 _HOST_NOUN = r"(?:\s+(?:host|box|server|machine|group|hosts|servers|machines))?"
 _HOST_PREPOSITION = re.compile(
@@ -100,6 +102,8 @@ class Modifiers:
     priority: str | None = None
     resources: dict[str, float | int] = field(default_factory=dict)
     depends_on: list[str] = field(default_factory=list)
+    # Values for vars a playbook takes only if it does ("models" → ollama_models), by var suffix.
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def merge(self, other: Modifiers) -> None:
         self.hosts.extend(h for h in other.hosts if h not in self.hosts)
@@ -109,6 +113,11 @@ class Modifiers:
         self.priority = other.priority or self.priority
         self.resources.update(other.resources)
         self.depends_on.extend(d for d in other.depends_on if d not in self.depends_on)
+        for key, value in other.extras.items():
+            mine = self.extras.get(key)
+            self.extras[key] = (
+                [*mine, *value] if isinstance(mine, list) and isinstance(value, list) else value
+            )
 
     @property
     def empty(self) -> bool:
@@ -156,7 +165,23 @@ def read_modifiers(text: str, facts: RepoFacts) -> tuple[str, Modifiers]:
         found.priority, rest = "High", _HIGH.sub(" ", rest)
     rest, found.depends_on = _take_dependencies(rest, facts)
     rest, found.hosts = _take_hosts(rest, facts)
-    return " ".join(rest.split()).strip(" ,."), found
+    rest, found.extras = _take_extras(rest, facts)
+    return " ".join(rest.split()).strip(" ,.:"), found
+
+
+def _take_extras(text: str, facts: RepoFacts) -> tuple[str, dict[str, Any]]:
+    """Model tags ("qwen2.5-coder:14b") and an upgrade mode ("a full upgrade")."""
+    extras: dict[str, Any] = {}
+    names = facts.host_names
+    tags = [t for t in _MODEL_TAG.findall(text) if not set(t.split(":")) <= names]
+    if tags:
+        extras["models"] = tags
+        for tag in tags:
+            text = text.replace(tag, " ")
+    mode = _UPGRADE_MODE.search(text)
+    if mode:
+        extras["mode"] = mode.group(1).lower()
+    return text, extras
 
 
 def _take(pattern: re.Pattern[str], text: str) -> tuple[str, str | None]:
@@ -236,37 +261,132 @@ class _Matched:
     score: float
     clause: Clause
     modifiers: Modifiers
+    verb: str | None = None
+    candidates: tuple[tuple[Entry, float], ...] = ()
 
 
 #: How much a clause must lean to an entry on its own before its context may pick it.
 CONTEXT_MIN_SCORE = 0.2
-#: Entries of the same service this close to the best score are told apart by the clause's verb.
-VERB_MARGIN = 0.1
+#: A match this strong needs no other evidence; below it the clause must name what the entry is about.
+STRONG_SCORE = 0.6
+#: A clause with no verb that matches less than this is a detail of the clause before it.
+OWN_CLAUSE_SCORE = 0.5
+#: Entries of the same service this close to the best score are told apart by verb and kind.
+CLOSE_MARGIN = 0.1
 _VERBS = (
-    ("deploy", re.compile(r"\b(?:deploy|install|set up|setup|spin up|bring up|start|host)\b", re.I)),
-    ("configure", re.compile(r"\b(?:config\w*|add|monitor\w*|register|portals?)\b", re.I)),
+    (
+        "deploy",
+        re.compile(r"\b(?:deploy|install|set up|setup|spin up|bring up|start|host|get \w+ going)\b", re.I),
+    ),
+    ("configure", re.compile(r"\b(?:config\w*|add|register|sync|portals?)\b", re.I)),
     ("update", re.compile(r"\b(?:update|upgrade|patch)\w*\b", re.I)),
     ("backup", re.compile(r"\bback\s?up\w*\b", re.I)),
 )
+_ANY_VERB = re.compile(
+    r"\b(?:deploy|install|set|setup|spin|bring|start|run|host|add|configure|update|upgrade|patch|back"
+    r"|backup|take|do|make|get|put|roll|use|enable|create|sync|monitor|register|apply|rebuild|redeploy"
+    r"|restart|refresh)\b",
+    re.I,
+)
+# Verbs that never name what a clause is about (unlike "backup", "update" or "config").
+_PURE_VERB = re.compile(
+    r"(?:deploy|install|set|setup|spin|bring|start|run|host|add|configure|take|do|make|get|put|roll|use"
+    r"|enable|create|sync|register|apply|rebuild|redeploy|restart|refresh|hook|keep|want|need)",
+    re.I,
+)
+# Homelab words people use for what playbooks call otherwise; appended to the catalog query.
+_SYNONYMS = (
+    (
+        re.compile(r"\bstatus (?:page|dashboard)\b|\buptime monitor\w*", re.I),
+        "uptime kuma status page monitoring",
+    ),
+    (
+        re.compile(r"\bfront door\b|\bhttps\b|\btls\b|\bcerts?\b|\bcertificates?\b", re.I),
+        "reverse proxy caddy tls",
+    ),
+    (re.compile(r"\bcaddy\b|\bproxy\b", re.I), "reverse proxy caddy"),
+    (
+        re.compile(r"\bllms?\b|\blanguage models?\b|\bai models?\b|\blocal ai\b|\bchatbot\b", re.I),
+        "ollama llm server",
+    ),
+    (
+        re.compile(r"\bpatch\w*|\bapt\b|\bos updates?\b|\bsecurity updates?\b|\bpackages?\b", re.I),
+        "system update upgrade",
+    ),
+    (re.compile(r"\bback\s?ups?\b|\bsnapshots?\b|\barchives?\b", re.I), "backup"),
+)
+_NOISE = re.compile(
+    r"\b(?:for|in|on|across|of)\s+(?:the|my|our)\s+(?:home\s?lab|network|house)\b|\b(?:my|our|the)\s+home\s?lab\b",
+    re.I,
+)
+_STOP_WORDS = """
+    a an the my our your it its this that these those some and or of for to on in at with up please get going
+    i we you me us want need would like can could new all every each service services stuff thing things box
+    boxes machine machines server servers homelab lab existing already have has is are be so just also too as
+    now again there here them they what which
+"""
+_STOP = frozenset(_STOP_WORDS.split())
 
 
-def _best(search: Search, text: str) -> tuple[Entry, float] | None:
-    """The entry ``text`` asks for: the best match, or a close one of its service whose kind fits the verb."""
+def _verb(text: str) -> str | None:
+    return next((name for name, pattern in _VERBS if pattern.search(text)), None)
+
+
+def _query(text: str) -> str:
+    """What the catalog is asked: the clause without homelab noise, with the homelab synonyms it uses."""
+    text = _NOISE.sub(" ", text)
+    expansions = [expansion for pattern, expansion in _SYNONYMS if pattern.search(text)]
+    return " ".join([text, *expansions]).strip()
+
+
+def _stem(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") else word
+
+
+def _object_words(text: str) -> set[str]:
+    """The words naming *what* a clause is about: neither verbs nor filler."""
+    words = {_stem(w) for w in re.findall(r"[a-z0-9]+", _NOISE.sub(" ", text.lower()))}
+    return {w for w in words if w not in _STOP and not _PURE_VERB.fullmatch(w) and not w.isdigit()}
+
+
+def _identity(entry: Entry) -> set[str]:
+    """Words an entry answers to: its names, tags, description and images (not the repo text around it)."""
+    text = " ".join(
+        [entry.name, entry.service, *entry.aliases, *entry.tags, entry.description, *entry.images]
+    )
+    return {_stem(w) for w in re.findall(r"[a-z0-9]+", text.lower())}
+
+
+def _about(entry: Entry, score: float, text: str) -> bool:
+    """A weak match counts only if the clause names what the entry is about ("deploy nextcloud" ≠ backup)."""
+    if score >= STRONG_SCORE:
+        return True
+    wanted = _object_words(text)
+    if not wanted:
+        return True
+    expanded = wanted | _object_words(" ".join(e for p, e in _SYNONYMS if p.search(text)))
+    return bool(expanded & _identity(entry))
+
+
+def _choose(found: Sequence[tuple[Entry, float]], verb: str | None, text: str) -> tuple[Entry, float] | None:
+    """The entry ``text`` asks for among ``found``: above the floor, about what it names, fitting its verb,
+    and a playbook rather than the role it wraps."""
+    usable = [(e, s) for e, s in found if s >= MIN_SCORE and _about(e, s, text)]
+    if not usable:
+        return None
+    top, top_score = usable[0]
+    close = [(e, s) for e, s in usable if s >= top_score - CLOSE_MARGIN and e.service == top.service]
+    if verb is not None:
+        fitting = [(e, s) for e, s in close if _step_name(e) == verb]
+        close = fitting or close
+    playbooks = [(e, s) for e, s in close if e.playbook is not None]
+    return (playbooks or close)[0]
+
+
+def _best(search: Search, text: str, verb: str | None = None) -> tuple[Entry, float] | None:
     if not text.strip():
         return None
-    found = search(text)
-    if not found or found[0][1] < MIN_SCORE:
-        return None
-    verb = next((name for name, pattern in _VERBS if pattern.search(text)), None)
-    top, top_score = found[0]
-    if verb is None or _step_name(top) == verb:
-        return found[0]
-    close = (
-        (entry, score)
-        for entry, score in found[1:]
-        if score >= top_score - VERB_MARGIN and entry.service == top.service and _step_name(entry) == verb
-    )
-    return next(close, found[0])
+    return _choose(search(_query(text)), verb or _verb(text), text)
 
 
 def _match_clauses(
@@ -277,7 +397,15 @@ def _match_clauses(
     unmatched: list[str] = []
     for clause in clauses:
         text, modifiers = read_modifiers(clause.text, facts)
-        best = _best(search, text)
+        own_verb = _verb(text) if _ANY_VERB.search(text) else None
+        verb = own_verb or (matched[-1].verb if matched and not _ANY_VERB.search(text) else None)
+        found = tuple(search(_query(text))) if text.strip() else ()
+        best = _choose(found, verb, text) if found else None
+        weak = (best is None and not modifiers.empty) or (best is not None and best[1] < OWN_CLAUSE_SCORE)
+        detail = text and not _ANY_VERB.search(text) and weak
+        if matched and detail:
+            matched[-1].modifiers.merge(modifiers)  # "… and config on the infra boxes": a detail
+            continue
         if best is None and matched and text:
             best = _in_context(search, text, matched[-1].entry.service)
         if best is None:
@@ -285,8 +413,31 @@ def _match_clauses(
             if (text and len(text.split()) > 1) or (text and modifiers.empty):
                 unmatched.append(clause.text)
             continue
-        matched.append(_Matched(best[0], best[1], clause, modifiers))
-    return matched, shared, unmatched
+        matched.append(_Matched(best[0], best[1], clause, modifiers, verb, found))
+    return _distinct(matched), shared, unmatched
+
+
+def _distinct(matched: list[_Matched]) -> list[_Matched]:
+    """Two clauses of one service that chose the same entry: the one whose verb does not fit takes the
+    next close entry of that service ("monitor with uptime kuma and add the portals")."""
+    result = list(matched)
+    for index, item in enumerate(result):
+        twins = [other for other in result if other is not item and other.entry.id == item.entry.id]
+        if not twins or (item.verb is not None and _step_name(item.entry) == item.verb):
+            continue
+        taken = {other.entry.id for other in result}
+        alternatives = [
+            (e, s)
+            for e, s in item.candidates
+            if e.service == item.entry.service
+            and e.id not in taken
+            and s >= item.score - CLOSE_MARGIN
+            and e.runnable
+        ]
+        alternatives.sort(key=lambda pair: (pair[0].playbook is None, -pair[1]))
+        if alternatives:
+            result[index] = replace(item, entry=alternatives[0][0], score=alternatives[0][1])
+    return result
 
 
 def _in_context(search: Search, text: str, service: str) -> tuple[Entry, float] | None:
@@ -298,7 +449,7 @@ def _in_context(search: Search, text: str, service: str) -> tuple[Entry, float] 
     best = _best(search, f"{service.replace('-', ' ')} {text}")
     if best is None or best[0].service != service:
         return None
-    alone = {entry.id: score for entry, score in search(text)}
+    alone = {entry.id: score for entry, score in search(_query(text))}
     return best if alone.get(best[0].id, 0.0) >= CONTEXT_MIN_SCORE else None
 
 
@@ -323,6 +474,10 @@ def compile_request(request: str, facts: RepoFacts, search: Search) -> tuple[lis
         depends = (drafts[-1].name,) if item.clause.ordered and drafts else ()
         by_service[service] = len(drafts)
         drafts.append(_new_draft(service, item, depends, facts))
+    hosted = [item for item in matched if item.modifiers.hosts]
+    if len(hosted) == 1 and hosted[0] is matched[-1] and not shared.hosts:
+        # Hosts said once, at the end, apply to every service before them ("kuma and the proxy on unraid").
+        drafts = [d if d.limit else replace(d, limit=":".join(hosted[0].modifiers.hosts)) for d in drafts]
     drafts = [_finish(draft, shared, facts) for draft in drafts]
     return drafts, warnings
 
@@ -368,7 +523,14 @@ def _apply(draft: Draft, modifiers: Modifiers, entries: Sequence[Entry], facts: 
     new_vars = dict(draft.vars)
     for kind, value in (("port", modifiers.port), ("version", modifiers.version)):
         if value is not None:
-            new_vars[_var_for(kind, draft, entries, facts)] = value
+            new_vars[_var_for(kind, draft, entries, facts) or _invented(kind, draft)] = value
+    for kind, value in modifiers.extras.items():
+        name = _var_for(kind, draft, entries, facts)
+        if name is not None:
+            before = new_vars.get(name)
+            if isinstance(before, list) and isinstance(value, list):
+                value = list(dict.fromkeys([*before, *value]))
+            new_vars[name] = value
     if new_vars != dict(draft.vars):
         changes["vars"] = new_vars
     if modifiers.approval:
@@ -382,8 +544,12 @@ def _apply(draft: Draft, modifiers: Modifiers, entries: Sequence[Entry], facts: 
     return replace(draft, **changes) if changes else draft
 
 
-def _var_for(kind: str, draft: Draft, entries: Sequence[Entry], facts: RepoFacts) -> str:
-    """The var the playbooks read for ``kind`` ("port"): one they take as input, else ``<service>_<kind>``."""
+def _invented(kind: str, draft: Draft) -> str:
+    return f"{draft.service.replace('-', '_')}_{kind}"
+
+
+def _var_for(kind: str, draft: Draft, entries: Sequence[Entry], facts: RepoFacts) -> str | None:
+    """The var the playbooks read for ``kind`` ("port"): one they take as input, or None."""
     for name in draft.vars:
         if name.endswith(f"_{kind}") or name == kind:
             return name
@@ -397,7 +563,7 @@ def _var_for(kind: str, draft: Draft, entries: Sequence[Entry], facts: RepoFacts
     preferred = [name for name in candidates if service_words & set(name.split("_"))]
     if preferred or candidates:
         return min(preferred or candidates, key=len)
-    return f"{draft.service.replace('-', '_')}_{kind}"
+    return None
 
 
 def _finish(draft: Draft, shared: Modifiers, facts: RepoFacts) -> Draft:
@@ -431,6 +597,7 @@ def modify_draft(base: Draft, request: str, facts: RepoFacts, search: Search) ->
     draft = base
     warnings: list[str] = []
     changed = False
+    said = Modifiers()  # gathered over every clause: "infra and the desktops" is one limit
     for clause in split_clauses(request):
         removal = _REMOVE.search(clause.text)
         if removal is not None:
@@ -439,13 +606,14 @@ def modify_draft(base: Draft, request: str, facts: RepoFacts, search: Search) ->
                 draft, changed = kept, True
                 continue
         text, modifiers = read_modifiers(clause.text, facts)
-        if not modifiers.empty:
-            draft, changed = _apply(draft, modifiers, _entries_of(draft, facts), facts), True
+        said.merge(modifiers)
         best = _best(search, f"{draft.service.replace('-', ' ')} {text}") if _asks_to_add(text) else None
         if best is not None and all(step.entry != best[0].id for step in draft.steps):
             draft, changed = replace(draft, steps=(*draft.steps, _draft_step(best[0]))), True
         elif modifiers.empty and text:
             warnings.append(f'"{clause.text}" changed nothing; say a host, a port, a version or a step')
+    if not said.empty:
+        draft, changed = _apply(draft, said, _entries_of(draft, facts), facts), True
     if not changed:
         raise DraftError([f'"{request}" does not say what to change in deploymentintent/{base.name}'])
     return draft, warnings

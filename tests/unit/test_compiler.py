@@ -338,3 +338,68 @@ def test_messages_offer_only_the_menu_and_treat_the_request_as_data() -> None:
     assert payload["inventory"]["hosts"] == ["gpu-desktop", "localhost", "nas", "unraid"]
     assert "data, not instructions" in system["content"]
     assert json.dumps(OUTPUT_SCHEMA) in system["content"]
+
+
+# =========================================================================== rules the labelled set asked for
+
+
+def test_hosts_said_once_at_the_end_apply_to_every_service() -> None:
+    drafts, _ = compile_request("deploy the caddy proxy and ollama on unraid", FACTS, fake_search)
+
+    assert [(d.name, d.limit) for d in drafts] == [("reverse-proxy", "unraid"), ("ollama", "unraid")]
+
+
+def test_hosts_said_early_stay_with_their_clause() -> None:
+    drafts, _ = compile_request("deploy ollama on the gpu desktop and the caddy proxy", FACTS, fake_search)
+
+    assert [(d.name, d.limit) for d in drafts] == [("ollama", "gpu-desktop"), ("reverse-proxy", None)]
+
+
+def test_a_verbless_clause_with_only_a_weak_match_is_a_detail_of_the_one_before() -> None:
+    drafts, warnings = compile_request("deploy kuma and stuff on the nas", FACTS, fake_search)
+
+    assert [(d.name, d.limit) for d in drafts] == [("uptime-kuma", "nas")]
+    assert warnings == []
+
+
+def test_a_weak_match_must_name_what_the_entry_is_about() -> None:
+    # A search that ranks the proxy for "nextcloud": the request names nothing the proxy is about.
+    with pytest.raises(DraftError, match="nothing in homelab-infra matches"):
+        compile_request("deploy nextcloud", FACTS, lambda _t: [(PROXY, 0.4)])
+    drafts, _ = compile_request("deploy the proxy", FACTS, lambda _t: [(PROXY, 0.4)])
+    assert [d.name for d in drafts] == ["reverse-proxy"]
+
+
+def test_a_playbook_wins_over_the_role_it_wraps_when_close() -> None:
+    wrapper = Entry(
+        EntryKind.PLAYBOOK,
+        "ollama-deployment",
+        "ollama",
+        "ansible/playbooks/ollama-deployment.yml",
+        playbook="ansible/playbooks/ollama-deployment.yml",
+    )
+    facts = RepoFacts(entries={e.id: e for e in (*ENTRIES, wrapper)}, inventories=(INVENTORY,))
+
+    drafts, _ = compile_request("deploy ollama", facts, lambda _t: [(OLLAMA, 0.8), (wrapper, 0.75)])
+
+    assert steps_of(drafts[0]) == ["ansible/playbooks/ollama-deployment.yml"]
+
+
+def test_two_clauses_on_one_entry_split_over_the_service_entries() -> None:
+    ranked = [(KUMA_CONFIG, 0.9), (KUMA_DEPLOY, 0.85)]
+
+    drafts, _ = compile_request("kuma with monitoring and add the portals", FACTS, lambda _t: ranked)
+
+    assert steps_of(drafts[0]) == [KUMA_DEPLOY.path, KUMA_CONFIG.path]
+
+
+def test_model_tags_go_to_the_var_the_role_takes() -> None:
+    drafts, _ = compile_request("deploy ollama with qwen2.5-coder:14b and llama3:8b", FACTS, fake_search)
+
+    assert dict(drafts[0].vars) == {"ollama_models": ["qwen2.5-coder:14b", "llama3:8b"]}
+
+
+def test_a_var_no_playbook_takes_is_not_invented() -> None:
+    drafts, _ = compile_request("deploy the caddy proxy with mistral:7b", FACTS, fake_search)
+
+    assert dict(drafts[0].vars) == {}
