@@ -524,13 +524,13 @@ def _apply(draft: Draft, modifiers: Modifiers, entries: Sequence[Entry], facts: 
     for kind, value in (("port", modifiers.port), ("version", modifiers.version)):
         if value is not None:
             new_vars[_var_for(kind, draft, entries, facts) or _invented(kind, draft)] = value
-    for kind, value in modifiers.extras.items():
+    for kind, extra in modifiers.extras.items():
         name = _var_for(kind, draft, entries, facts)
         if name is not None:
             before = new_vars.get(name)
-            if isinstance(before, list) and isinstance(value, list):
-                value = list(dict.fromkeys([*before, *value]))
-            new_vars[name] = value
+            if isinstance(before, list) and isinstance(extra, list):
+                extra = list(dict.fromkeys([*before, *extra]))
+            new_vars[name] = extra
     if new_vars != dict(draft.vars):
         changes["vars"] = new_vars
     if modifiers.approval:
