@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 #: Bump when what discovery finds or the texts it writes change: cached discoveries are then re-read.
-DISCOVERY_VERSION = 5  # 5: inventories list their hosts
+DISCOVERY_VERSION = 6  # 5: inventories list their hosts; 6: and what they say about each
 #: Folders never walked: VCS data, caches, virtual environments.
 SKIP_DIRS = frozenset(
     {".git", ".hg", ".svn", "__pycache__", ".ansible", ".venv", "venv", "node_modules", ".tox", ".cache"}
@@ -189,9 +189,16 @@ class Inventory:
     path: str
     groups: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()
+    # What the inventory says about a host in plain values (address, "RTX 4090"): how people name it.
+    details: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"path": self.path, "groups": list(self.groups), "hosts": list(self.hosts)}
+        return {
+            "path": self.path,
+            "groups": list(self.groups),
+            "hosts": list(self.hosts),
+            "details": {host: list(values) for host, values in self.details.items()},
+        }
 
 
 @dataclass
@@ -212,7 +219,12 @@ class Discovery:
         return cls(
             entries=[Entry.from_wire(item) for item in data.get("entries", [])],
             inventories=[
-                Inventory(str(item["path"]), tuple(item.get("groups", ())), tuple(item.get("hosts", ())))
+                Inventory(
+                    str(item["path"]),
+                    tuple(item.get("groups", ())),
+                    tuple(item.get("hosts", ())),
+                    {str(h): tuple(map(str, v)) for h, v in (item.get("details") or {}).items()},
+                )
                 for item in data.get("inventories", [])
             ],
             warnings=[str(item) for item in data.get("warnings", [])],
@@ -486,13 +498,22 @@ def _load(text: str, source: str) -> list[Any]:
 _INI_SECTION = re.compile(r"^\s*\[([^\]:\s]+)(?::(children|vars))?\]\s*$")
 
 
-def _inventory_names(text: str, path: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+InventoryNames = tuple[tuple[str, ...], tuple[str, ...], dict[str, tuple[str, ...]]]
+
+
+def _scalars(body: Any) -> tuple[str, ...]:
+    if not isinstance(body, dict):
+        return ()
+    return tuple(str(v) for v in body.values() if isinstance(v, (str, int, float)) and not isinstance(v, bool))
+
+
+def _inventory_names(text: str, path: str) -> InventoryNames | None:
     """The groups and hosts an inventory file names, or None when the file is no inventory."""
     ini = _INI_SECTION.search(text) is not None or not text.lstrip().startswith(("all:", "---"))
     if not path.endswith(YAML_SUFFIXES) and ini:
         return _ini_inventory_names(text)
     groups: list[str] = []
-    hosts: list[str] = []
+    hosts: dict[str, tuple[str, ...]] = {}
 
     def walk(data: Any) -> None:
         if isinstance(data, dict):
@@ -500,7 +521,8 @@ def _inventory_names(text: str, path: str) -> tuple[tuple[str, ...], tuple[str, 
                 groups.append(str(name))
                 if isinstance(body, dict):
                     if isinstance(body.get("hosts"), dict):
-                        hosts.extend(str(host) for host in body["hosts"])
+                        for host, host_vars in body["hosts"].items():
+                            hosts[str(host)] = hosts.get(str(host), ()) + _scalars(host_vars)
                     walk(body.get("children"))
 
     for data in _load(text, path):
@@ -510,12 +532,12 @@ def _inventory_names(text: str, path: str) -> tuple[tuple[str, ...], tuple[str, 
             walk({"all": data})
     if not groups:
         return None
-    return tuple(dict.fromkeys(groups)), tuple(dict.fromkeys(hosts))
+    return tuple(dict.fromkeys(groups)), tuple(hosts), {h: v for h, v in hosts.items() if v}
 
 
-def _ini_inventory_names(text: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+def _ini_inventory_names(text: str) -> InventoryNames | None:
     groups: list[str] = []
-    hosts: list[str] = []
+    hosts: dict[str, tuple[str, ...]] = {}
     section: str | None = "ungrouped"
     for line in text.splitlines():
         stripped = line.split("#", 1)[0].split(";", 1)[0].strip()
@@ -524,10 +546,12 @@ def _ini_inventory_names(text: str) -> tuple[tuple[str, ...], tuple[str, ...]] |
             groups.append(header.group(1))
             section = None if header.group(2) else header.group(1)  # :children and :vars list no hosts
         elif stripped and section is not None:
-            hosts.append(stripped.split()[0])
+            name, *assignments = stripped.split()
+            values = tuple(a.split("=", 1)[1].strip("'\"") for a in assignments if "=" in a)
+            hosts[name] = hosts.get(name, ()) + values
     if not groups:
         return None
-    return tuple(dict.fromkeys(groups)), tuple(dict.fromkeys(hosts))
+    return tuple(dict.fromkeys(groups)), tuple(hosts), {h: v for h, v in hosts.items() if v}
 
 
 # =========================================================================== impure: the walk

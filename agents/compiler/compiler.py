@@ -81,8 +81,12 @@ class Compiler:
     def facts(self, existing: Mapping[str, DeploymentIntent]) -> RepoFacts:
         entries = {entry.id: entry for entry in self.catalog.entries() if entry.runnable}
         inventories = tuple(self.catalog.discovery().inventories)
-        inputs = {key: entry_inputs(self.catalog.root, entry) for key, entry in entries.items()}
-        return RepoFacts(entries=entries, inventories=inventories, intents=dict(existing), inputs=inputs)
+        root = self.catalog.root
+        inputs = {key: entry_inputs(root, entry) for key, entry in entries.items()}
+        wraps = {key: roles_run(root, entry) for key, entry in entries.items() if entry.playbook}
+        return RepoFacts(
+            entries=entries, inventories=inventories, intents=dict(existing), inputs=inputs, wraps=wraps
+        )
 
     async def compile(
         self,
@@ -221,14 +225,28 @@ def _read_inputs(path: Path, defaults_file: bool) -> tuple[str, ...]:
         return ()
 
 
+@functools.lru_cache(maxsize=2048)
+def _roles_named(path: Path, mtime_ns: int) -> frozenset[str]:
+    return frozenset(_ROLE_USE.findall(path.read_text(errors="replace")))
+
+
+def roles_run(root: Path, entry: Entry) -> frozenset[str]:
+    """The roles a playbook entry names (``roles:`` and include/import_role)."""
+    path = root / (entry.playbook or entry.path)
+    try:
+        return _roles_named(path, path.stat().st_mtime_ns)
+    except OSError:
+        return frozenset()
+
+
 def _role_defaults(root: Path, playbook: Path) -> list[Path]:
     """Defaults files of the roles a playbook names, where Ansible would look for them."""
     try:
-        text = playbook.read_text(errors="replace")
+        names = _roles_named(playbook, playbook.stat().st_mtime_ns)
     except OSError:
         return []
     found = []
-    for name in dict.fromkeys(_ROLE_USE.findall(text)):
+    for name in sorted(names):
         for base in (playbook.parent / "roles", playbook.parent.parent / "roles", root / "roles"):
             candidate = base / name / "defaults" / "main.yml"
             if candidate.is_file():

@@ -86,6 +86,16 @@ class RepoFacts:
     inventories: tuple[Inventory, ...] = ()
     intents: Mapping[str, DeploymentIntent] = field(default_factory=dict)
     inputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # entry id -> vars it takes
+    wraps: Mapping[str, frozenset[str]] = field(default_factory=dict)  # playbook entry id -> roles it runs
+
+    @property
+    def host_details(self) -> dict[str, tuple[str, ...]]:
+        """What the inventories say about each host (its address, "RTX 4090"...)."""
+        details: dict[str, tuple[str, ...]] = {}
+        for inventory in self.inventories:
+            for host, values in inventory.details.items():
+                details[host] = details.get(host, ()) + tuple(values)
+        return details
 
     @property
     def host_names(self) -> frozenset[str]:

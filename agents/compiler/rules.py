@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from chiffon.agents.catalog.discovery import Entry
 from chiffon.agents.compiler.draft import Draft, DraftError, DraftStep, RepoFacts, slug
+from chiffon.agents.compiler.modifiers import Modifiers, apply_modifiers, read_modifiers, words_of
 
-__all__ = ["MIN_SCORE", "Clause", "Modifiers", "Search", "compile_request", "modify_draft", "split_clauses"]
+__all__ = ["MIN_SCORE", "Clause", "Search", "compile_request", "draft_of", "modify_draft", "split_clauses"]
 
 #: The same floor as the planner's goal resolver: below it a match is a guess.
 MIN_SCORE = 0.33
@@ -51,77 +52,12 @@ _FILLER = re.compile(
     r"|go ahead and)\b[\s,]*",
     re.IGNORECASE,
 )
-_PORT = re.compile(
-    r"\b(?:on\s+|at\s+|to\s+|use\s+|with\s+)?(?:the\s+)?port\s*(?:to\s+|=\s*|:\s*|of\s+|number\s+)?(\d{2,5})\b",
-    re.I,
-)
-_VERSION = re.compile(
-    r"\b(?:version|release|tag)\s*(?:to\s+|=\s*|:\s*)?v?(\d+(?:\.\d+){0,3}(?:[-+][\w.]+)?)\b", re.I
-)
-_AUTO = re.compile(
-    r"\bauto[- ]?approv\w*|\bautomatically\b|\bwithout (?:asking|approval)\b|\bno approval\b", re.I
-)
-_MANUAL = re.compile(r"\b(?:ask me|manual approval|needs? (?:my )?approval|let me approve)\b", re.I)
-_HIGH = re.compile(r"\b(?:urgent|urgently|asap|high priority|right away|immediately|critical)\b", re.I)
-_SIZE = r"(\d+(?:\.\d+)?)\s*(gib|gb|g|mib|mb|m)\b"
-_GPU = re.compile(rf"{_SIZE}\s*(?:of\s+)?(?:gpu\s*(?:memory|ram)?|vram)", re.I)
-_MEMORY = re.compile(rf"{_SIZE}\s*(?:of\s+)?(?:ram|memory)", re.I)
-_CORES = re.compile(r"(\d+(?:\.\d+)?)\s*(?:cpu\s*)?(?:cores?|cpus?|vcpus?)\b", re.I)
-_AFTER = re.compile(
-    r"\b(?:after|once|when|depends? on|following)\s+(?:the\s+)?([a-z0-9][a-z0-9 _-]{0,62}?)"
-    r"(?:\s+(?:is|are)\s+\w+)?\s*$",
-    re.I,
-)
-_ALL_WORDS = re.compile(
-    r"\b(?:on\s+)?(?:all|every|each)\s+(?:of\s+the\s+)?(?:servers?|hosts?|machines?|boxes|nodes?)\b|\beverywhere\b",
-    re.I,
-)
-_MODEL_TAG = re.compile(r"(?<![\w/.:-])([a-z][a-z0-9.\-]*:[a-z0-9][a-z0-9.\-]*)(?![\w/:-])", re.I)
-_UPGRADE_MODE = re.compile(r"\b(full|safe|dist)[ -]?upgrade", re.I)
-_LOCAL_WORDS = re.compile(r"\b(?:this machine|locally|local machine|here|the lab|lab machine)\b", re.I)
-_HOST_NOUN = r"(?:\s+(?:host|box|server|machine|group|hosts|servers|machines))?"
-_HOST_PREPOSITION = re.compile(
-    r"\b(?:on|to|onto|for|at|use|using|target|targeting|limit(?:ed)? to|only on)\s+(?:the\s+)?$", re.I
-)
 
 
 @dataclass(frozen=True)
 class Clause:
     text: str  # what is left for the catalog once the rules took their part
     ordered: bool  # joined to the previous clause by "then"
-
-
-@dataclass
-class Modifiers:
-    """What the rules recognised in a request, apart from what to run."""
-
-    hosts: list[str] = field(default_factory=list)
-    port: int | None = None
-    version: str | None = None
-    approval: str | None = None
-    priority: str | None = None
-    resources: dict[str, float | int] = field(default_factory=dict)
-    depends_on: list[str] = field(default_factory=list)
-    # Values for vars a playbook takes only if it does ("models" → ollama_models), by var suffix.
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def merge(self, other: Modifiers) -> None:
-        self.hosts.extend(h for h in other.hosts if h not in self.hosts)
-        self.port = other.port or self.port
-        self.version = other.version or self.version
-        self.approval = other.approval or self.approval
-        self.priority = other.priority or self.priority
-        self.resources.update(other.resources)
-        self.depends_on.extend(d for d in other.depends_on if d not in self.depends_on)
-        for key, value in other.extras.items():
-            mine = self.extras.get(key)
-            self.extras[key] = (
-                [*mine, *value] if isinstance(mine, list) and isinstance(value, list) else value
-            )
-
-    @property
-    def empty(self) -> bool:
-        return self == Modifiers()
 
 
 # =========================================================================== clauses
@@ -141,115 +77,6 @@ def split_clauses(request: str) -> list[Clause]:
             clauses.append(Clause(text, ordered and bool(clauses)))
             ordered = False
     return clauses
-
-
-def read_modifiers(text: str, facts: RepoFacts) -> tuple[str, Modifiers]:
-    """The modifiers in ``text``, and ``text`` without them (what the catalog should see)."""
-    found = Modifiers()
-    rest = text
-    rest, found.port = _take_int(_PORT, rest)
-    rest, found.version = _take(_VERSION, rest)
-    rest, gpu = _take_size(_GPU, rest)
-    rest, memory = _take_size(_MEMORY, rest)
-    rest, cores = _take(_CORES, rest)
-    found.resources = {
-        key: value
-        for key, value in (("gpuMemoryMiB", gpu), ("memoryMiB", memory), ("cpuCores", _number(cores)))
-        if value
-    }
-    if _AUTO.search(rest):
-        found.approval, rest = "Auto", _AUTO.sub(" ", rest)
-    elif _MANUAL.search(rest):
-        found.approval, rest = "Manual", _MANUAL.sub(" ", rest)
-    if _HIGH.search(rest):
-        found.priority, rest = "High", _HIGH.sub(" ", rest)
-    rest, found.depends_on = _take_dependencies(rest, facts)
-    rest, found.hosts = _take_hosts(rest, facts)
-    rest, found.extras = _take_extras(rest, facts)
-    return " ".join(rest.split()).strip(" ,.:"), found
-
-
-def _take_extras(text: str, facts: RepoFacts) -> tuple[str, dict[str, Any]]:
-    """Model tags ("qwen2.5-coder:14b") and an upgrade mode ("a full upgrade")."""
-    extras: dict[str, Any] = {}
-    names = facts.host_names
-    tags = [t for t in _MODEL_TAG.findall(text) if not set(t.split(":")) <= names]
-    if tags:
-        extras["models"] = tags
-        for tag in tags:
-            text = text.replace(tag, " ")
-    mode = _UPGRADE_MODE.search(text)
-    if mode:
-        extras["mode"] = mode.group(1).lower()
-    return text, extras
-
-
-def _take(pattern: re.Pattern[str], text: str) -> tuple[str, str | None]:
-    match = pattern.search(text)
-    if match is None:
-        return text, None
-    return text[: match.start()] + " " + text[match.end() :], match.group(1)
-
-
-def _take_int(pattern: re.Pattern[str], text: str) -> tuple[str, int | None]:
-    text, value = _take(pattern, text)
-    return text, int(value) if value and 0 < int(value) < 65536 else None
-
-
-def _take_size(pattern: re.Pattern[str], text: str) -> tuple[str, int | None]:
-    match = pattern.search(text)
-    if match is None:
-        return text, None
-    amount, unit = float(match.group(1)), match.group(2).lower()
-    mebibytes = amount if unit.startswith("m") else amount * 1024
-    return text[: match.start()] + " " + text[match.end() :], int(mebibytes)
-
-
-def _number(value: str | None) -> float | int | None:
-    if value is None:
-        return None
-    number = float(value)
-    return int(number) if number.is_integer() else number
-
-
-def _words(name: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", name.lower()))
-
-
-def _take_dependencies(text: str, facts: RepoFacts) -> tuple[str, list[str]]:
-    match = _AFTER.search(text)
-    if match is None:
-        return text, []
-    wanted = _words(match.group(1))
-    for name in facts.intents:
-        if _words(name) == wanted or _words(name) == wanted.removesuffix(" intent"):
-            return text[: match.start()], [name]
-    return text, []
-
-
-def _take_hosts(text: str, facts: RepoFacts) -> tuple[str, list[str]]:
-    """Inventory hosts and groups named in ``text`` ("on unraid", "the gpu desktop", "locally")."""
-    hosts: list[str] = []
-    names = sorted(facts.host_names - {"all", "ungrouped"}, key=len, reverse=True)
-    for name in names:
-        spoken = r"[\s_-]+".join(re.escape(word) for word in _words(name).split())
-        pattern = re.compile(rf"(?<![\w-])(?:the\s+)?{spoken}{_HOST_NOUN}(?![\w-])", re.I)
-        match = pattern.search(text)
-        if match is None:
-            continue
-        hosts.append(name)
-        before = _HOST_PREPOSITION.search(text[: match.start()])
-        start = before.start() if before else match.start()
-        text = text[:start] + " " + text[match.end() :]
-    if not hosts and "all" in facts.host_names and _ALL_WORDS.search(text):
-        hosts.append("all")
-        text = _ALL_WORDS.sub(" ", text)
-    if not hosts and _LOCAL_WORDS.search(text):
-        local = next((n for n in ("localhost", "lab") if n in facts.host_names), None)
-        if local:
-            hosts.append(local)
-            text = _LOCAL_WORDS.sub(" ", text)
-    return text, hosts
 
 
 # =========================================================================== matching
@@ -310,10 +137,20 @@ _SYNONYMS = (
         "ollama llm server",
     ),
     (
-        re.compile(r"\bpatch\w*|\bapt\b|\bos updates?\b|\bsecurity updates?\b|\bpackages?\b", re.I),
+        re.compile(
+            r"\bpatch\w*|\bapt\b|\bos updates?\b|\bsecurity updates?\b|\bpackages?\b"
+            r"|\b(?:full|safe|dist)[ -]?upgrades?\b",
+            re.I,
+        ),
         "system update upgrade",
     ),
     (re.compile(r"\bback\s?ups?\b|\bsnapshots?\b|\barchives?\b", re.I), "backup"),
+    (
+        re.compile(
+            r"\beverything\b|\bthe whole (?:homelab|lab|stack|setup)\b|\ball (?:the )?services\b", re.I
+        ),
+        "site whole homelab everything",
+    ),
 )
 _NOISE = re.compile(
     r"\b(?:for|in|on|across|of)\s+(?:the|my|our)\s+(?:home\s?lab|network|house)\b|\b(?:my|our|the)\s+home\s?lab\b",
@@ -323,7 +160,7 @@ _STOP_WORDS = """
     a an the my our your it its this that these those some and or of for to on in at with up please get going
     i we you me us want need would like can could new all every each service services stuff thing things box
     boxes machine machines server servers homelab lab existing already have has is are be so just also too as
-    now again there here them they what which
+    now again there here them they what which home arpa
 """
 _STOP = frozenset(_STOP_WORDS.split())
 
@@ -343,7 +180,7 @@ def _stem(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") else word
 
 
-def _object_words(text: str) -> set[str]:
+def _objectwords_of(text: str) -> set[str]:
     """The words naming *what* a clause is about: neither verbs nor filler."""
     words = {_stem(w) for w in re.findall(r"[a-z0-9]+", _NOISE.sub(" ", text.lower()))}
     return {w for w in words if w not in _STOP and not _PURE_VERB.fullmatch(w) and not w.isdigit()}
@@ -361,10 +198,10 @@ def _about(entry: Entry, score: float, text: str) -> bool:
     """A weak match counts only if the clause names what the entry is about ("deploy nextcloud" ≠ backup)."""
     if score >= STRONG_SCORE:
         return True
-    wanted = _object_words(text)
+    wanted = _objectwords_of(text)
     if not wanted:
         return True
-    expanded = wanted | _object_words(" ".join(e for p, e in _SYNONYMS if p.search(text)))
+    expanded = wanted | _objectwords_of(" ".join(e for p, e in _SYNONYMS if p.search(text)))
     return bool(expanded & _identity(entry))
 
 
@@ -395,26 +232,64 @@ def _match_clauses(
     matched: list[_Matched] = []
     shared = Modifiers()
     unmatched: list[str] = []
+    last_unmatched = False
     for clause in clauses:
-        text, modifiers = read_modifiers(clause.text, facts)
-        own_verb = _verb(text) if _ANY_VERB.search(text) else None
-        verb = own_verb or (matched[-1].verb if matched and not _ANY_VERB.search(text) else None)
+        text, modifiers = read_modifiers(_unglue(clause.text, facts), facts)
+        # Urgency and approval are said of the whole request ("urgent: back up, then upgrade").
+        shared.merge(Modifiers(approval=modifiers.approval, priority=modifiers.priority))
+        modifiers.approval = modifiers.priority = None
+        verbless = not _ANY_VERB.search(text)
+        if not text and matched:
+            # Only modifiers ("…, and the nas", ", auto-approve"): hosts join the clause before,
+            # the rest applies to the whole request.
+            matched[-1].modifiers.merge(Modifiers(hosts=modifiers.hosts))
+            shared.merge(modifiers.without_hosts())
+            continue
+        if verbless and last_unmatched:
+            unmatched[-1] += f", {clause.text}"  # "deploy grafana and prometheus": still grafana's list
+            continue
+        verb = _verb(text) if not verbless else (matched[-1].verb if matched else None)
         found = tuple(search(_query(text))) if text.strip() else ()
         best = _choose(found, verb, text) if found else None
         weak = (best is None and not modifiers.empty) or (best is not None and best[1] < OWN_CLAUSE_SCORE)
-        detail = text and not _ANY_VERB.search(text) and weak
-        if matched and detail:
+        if matched and text and verbless and weak:
             matched[-1].modifiers.merge(modifiers)  # "… and config on the infra boxes": a detail
             continue
         if best is None and matched and text:
             best = _in_context(search, text, matched[-1].entry.service)
+            if best is not None and _already_run(best[0], matched, facts):
+                matched[-1].modifiers.merge(modifiers)  # says more about a step already there
+                continue
+        if not modifiers.hosts and clause.ordered and matched:
+            modifiers.hosts = list(matched[-1].modifiers.hosts)  # "back up unraid, after that upgrade it"
+        last_unmatched = best is None
         if best is None:
             shared.merge(modifiers)
-            if (text and len(text.split()) > 1) or (text and modifiers.empty):
+            if text:
                 unmatched.append(clause.text)
             continue
         matched.append(_Matched(best[0], best[1], clause, modifiers, verb, found))
     return _distinct(matched), shared, unmatched
+
+
+def _already_run(entry: Entry, matched: Sequence[_Matched], facts: RepoFacts) -> bool:
+    chosen = [item.entry for item in matched]
+    return any(
+        entry.id == other.id
+        or (entry.role is not None and entry.role in facts.wraps.get(other.id, frozenset()))
+        or (other.role is not None and other.role in facts.wraps.get(entry.id, frozenset()))
+        for other in chosen
+    )
+
+
+def _unglue(text: str, facts: RepoFacts) -> str:
+    """ "uptimekuma" → "uptime kuma": service names people type without their hyphen."""
+    for entry in facts.entries.values():
+        for name in (entry.service, entry.name):
+            glued = name.replace("-", "").replace("_", "")
+            if glued != name and len(glued) > 4:
+                text = re.sub(rf"\b{re.escape(glued)}\b", words_of(name), text, flags=re.I)
+    return text
 
 
 def _distinct(matched: list[_Matched]) -> list[_Matched]:
@@ -484,13 +359,24 @@ def compile_request(request: str, facts: RepoFacts, search: Search) -> tuple[lis
 
 def _new_draft(service: str, item: _Matched, depends_on: tuple[str, ...], facts: RepoFacts) -> Draft:
     draft = Draft(name=service, service=service, steps=(_draft_step(item.entry),), depends_on=depends_on)
-    return _apply(draft, item.modifiers, (item.entry,), facts)
+    return apply_modifiers(draft, item.modifiers, (item.entry,), facts)
 
 
 def _with_step(draft: Draft, item: _Matched, facts: RepoFacts) -> Draft:
-    if all(step.entry != item.entry.id for step in draft.steps):
+    if all(step.entry != item.entry.id for step in draft.steps) and not _wrapped(item.entry, draft, facts):
         draft = replace(draft, steps=(*draft.steps, _draft_step(item.entry)))
-    return _apply(draft, item.modifiers, _entries_of(draft, facts), facts)
+    return apply_modifiers(draft, item.modifiers, _entries_of(draft, facts), facts)
+
+
+def _wrapped(entry: Entry, draft: Draft, facts: RepoFacts) -> bool:
+    """A role a playbook of the draft already runs, or a playbook running a role the draft runs."""
+    for step in draft.steps:
+        if entry.role is not None and entry.role in facts.wraps.get(step.entry, frozenset()):
+            return True
+        other = facts.entries.get(step.entry)
+        if other is not None and other.role is not None and other.role in facts.wraps.get(entry.id, ()):
+            return True
+    return False
 
 
 def _entries_of(draft: Draft, facts: RepoFacts) -> list[Entry]:
@@ -515,60 +401,9 @@ def _step_name(entry: Entry) -> str:
     return slug(entry.name) or "run"
 
 
-def _apply(draft: Draft, modifiers: Modifiers, entries: Sequence[Entry], facts: RepoFacts) -> Draft:
-    """``draft`` with what the rules recognised: hosts, vars, approval, priority, resources, order."""
-    changes: dict[str, Any] = {}
-    if modifiers.hosts:
-        changes["limit"] = ":".join(modifiers.hosts)
-    new_vars = dict(draft.vars)
-    for kind, value in (("port", modifiers.port), ("version", modifiers.version)):
-        if value is not None:
-            new_vars[_var_for(kind, draft, entries, facts) or _invented(kind, draft)] = value
-    for kind, extra in modifiers.extras.items():
-        name = _var_for(kind, draft, entries, facts)
-        if name is not None:
-            before = new_vars.get(name)
-            if isinstance(before, list) and isinstance(extra, list):
-                extra = list(dict.fromkeys([*before, *extra]))
-            new_vars[name] = extra
-    if new_vars != dict(draft.vars):
-        changes["vars"] = new_vars
-    if modifiers.approval:
-        changes["approval"] = modifiers.approval
-    if modifiers.priority:
-        changes["priority"] = modifiers.priority
-    if modifiers.resources:
-        changes["resources"] = {**dict(draft.resources), **modifiers.resources}
-    if modifiers.depends_on:
-        changes["depends_on"] = tuple(dict.fromkeys((*draft.depends_on, *modifiers.depends_on)))
-    return replace(draft, **changes) if changes else draft
-
-
-def _invented(kind: str, draft: Draft) -> str:
-    return f"{draft.service.replace('-', '_')}_{kind}"
-
-
-def _var_for(kind: str, draft: Draft, entries: Sequence[Entry], facts: RepoFacts) -> str | None:
-    """The var the playbooks read for ``kind`` ("port"): one they take as input, or None."""
-    for name in draft.vars:
-        if name.endswith(f"_{kind}") or name == kind:
-            return name
-    service_words = set(draft.service.replace("-", " ").split())
-    candidates = [
-        name
-        for entry in entries
-        for name in facts.inputs.get(entry.id, ())
-        if name == kind or name.endswith(f"_{kind}")
-    ]
-    preferred = [name for name in candidates if service_words & set(name.split("_"))]
-    if preferred or candidates:
-        return min(preferred or candidates, key=len)
-    return None
-
-
 def _finish(draft: Draft, shared: Modifiers, facts: RepoFacts) -> Draft:
     """Modifiers said apart from any service ("…, on unraid") apply to every draft."""
-    draft = _apply(draft, shared, _entries_of(draft, facts), facts)
+    draft = apply_modifiers(draft, shared, _entries_of(draft, facts), facts)
     if draft.name in draft.depends_on:
         draft = replace(draft, depends_on=tuple(d for d in draft.depends_on if d != draft.name))
     return draft
@@ -607,16 +442,28 @@ def modify_draft(base: Draft, request: str, facts: RepoFacts, search: Search) ->
                 continue
         text, modifiers = read_modifiers(clause.text, facts)
         said.merge(modifiers)
-        best = _best(search, f"{draft.service.replace('-', ' ')} {text}") if _asks_to_add(text) else None
+        best = _step_to_add(search, text, draft) if _asks_to_add(text) else None
         if best is not None and all(step.entry != best[0].id for step in draft.steps):
             draft, changed = replace(draft, steps=(*draft.steps, _draft_step(best[0]))), True
         elif modifiers.empty and text:
             warnings.append(f'"{clause.text}" changed nothing; say a host, a port, a version or a step')
-    if not said.empty:
-        draft, changed = _apply(draft, said, _entries_of(draft, facts), facts), True
+    modified = apply_modifiers(draft, said, _entries_of(draft, facts), facts)
+    modified = replace(modified, depends_on=tuple(d for d in modified.depends_on if d != base.name))
+    if modified != draft:
+        draft, changed = modified, True
     if not changed:
         raise DraftError([f'"{request}" does not say what to change in deploymentintent/{base.name}'])
     return draft, warnings
+
+
+def _step_to_add(search: Search, text: str, draft: Draft) -> tuple[Entry, float] | None:
+    """The entry a "add a step …" clause names: on its own first, then read as about the service."""
+    taken = {step.entry for step in draft.steps}
+    for query in (text, f"{draft.service.replace('-', ' ')} {text}"):
+        best = _best(search, query)
+        if best is not None and best[0].id not in taken:
+            return best
+    return None
 
 
 def _asks_to_add(text: str) -> bool:
@@ -624,11 +471,11 @@ def _asks_to_add(text: str) -> bool:
 
 
 def _without_step(draft: Draft, what: str, facts: RepoFacts) -> Draft | None:
-    wanted = set(_words(what).split()) - {"the", "step", "steps", "playbook"}
+    wanted = set(words_of(what).split()) - {"the", "step", "steps", "playbook"}
     for step in draft.steps:
         entry = facts.entries.get(step.entry)
-        words = set(_words(" ".join(filter(None, [step.name, entry.name if entry else ""]))).split())
-        if wanted and wanted <= words | {_words(step.name or "")} and len(draft.steps) > 1:
+        words = set(words_of(" ".join(filter(None, [step.name, entry.name if entry else ""]))).split())
+        if wanted and wanted <= words | {words_of(step.name or "")} and len(draft.steps) > 1:
             return replace(draft, steps=tuple(s for s in draft.steps if s is not step))
     return None
 

@@ -120,7 +120,7 @@ def test_split_clauses(request_text: str, want: list[tuple[str, bool]]) -> None:
         ("deploy kuma urgently", "deploy kuma", "priority", "High"),
         ("ollama with 8 GB of VRAM", "ollama with", "resources", {"gpuMemoryMiB": 8192}),
         ("kuma, 2 cores, 512 MB of RAM", "kuma", "resources", {"memoryMiB": 512, "cpuCores": 2}),
-        ("deploy kuma on port 99999", "deploy kuma", "port", None),
+        ("deploy kuma on port 99999", "deploy kuma on port 99999", "port", None),
     ],
 )  # fmt: skip
 def test_read_modifiers(text: str, rest: str, field: str, value: object) -> None:
@@ -144,12 +144,12 @@ def test_one_service_two_clauses_become_two_ordered_steps() -> None:
     assert warnings == []
 
 
-def test_then_makes_the_second_service_depend_on_the_first() -> None:
+def test_then_makes_the_second_service_depend_on_the_first_on_the_same_hosts() -> None:
     drafts, _ = compile_request("deploy ollama on the gpu desktop then the caddy proxy", FACTS, fake_search)
 
     assert [(d.name, d.limit, d.depends_on) for d in drafts] == [
         ("ollama", "gpu-desktop", ()),
-        ("reverse-proxy", None, ("ollama",)),
+        ("reverse-proxy", "gpu-desktop", ("ollama",)),
     ]
 
 
