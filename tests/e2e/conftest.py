@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ class Chiffon:
     process: subprocess.Popen[bytes]
     log: Path
 
-    def ctl(self, *args: str, cwd: Path = ROOT) -> Result:
+    def ctl(self, *args: str, cwd: Path = ROOT, timeout: float = 60) -> Result:
         env = {**os.environ, "CHIFFON_SERVER": self.server, "CHIFFON_USER": "Erin Tester <erin@example.com>"}
         done = subprocess.run(
             [str(BIN / "chiffonctl"), *args],
@@ -50,10 +51,14 @@ class Chiffon:
             text=True,
             env=env,
             cwd=cwd,
-            timeout=60,
+            timeout=timeout,
             check=False,
         )
         return Result(done.returncode, done.stdout, done.stderr)
+
+    def http_json(self, path: str) -> dict:  # type: ignore[type-arg]
+        with urllib.request.urlopen(self.server + path, timeout=30) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
 
     def git(self, *args: str) -> str:
         env = {
