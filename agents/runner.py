@@ -97,7 +97,7 @@ Status = Literal["successful", "failed", "timeout", "canceled"]
 EventSink = Callable[[list[AnsibleEvent]], Awaitable[None]]
 
 BATCH_SIZE = 50
-BATCH_SECONDS = 0.5
+BATCH_SECONDS = 0.1  # a run event should reach a watching page within half a second
 POLL_SECONDS = 0.25
 HIDDEN = "(output hidden: no_log)"
 MAX_ERROR_CHARS = 500

@@ -15,6 +15,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from chiffon import __version__
 from chiffon.api.chat import ChatError
@@ -78,20 +79,24 @@ PAGE_HEADERS = {
 }
 
 
+class _PageFiles(StaticFiles):
+    """The page's script and style, with the page's headers (no caching without revalidation, the CSP)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(PAGE_HEADERS)
+        return response
+
+
 def _serve_page(app: FastAPI) -> None:
     """The chat page at ``/`` and its script and style under ``/static`` (``/docs`` keeps its own rules)."""
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-    @app.middleware("http")
-    async def page_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response: Response = await call_next(request)
-        if request.url.path == "/" or request.url.path.startswith("/static/"):
-            response.headers.update(PAGE_HEADERS)
-        return response
+    app.mount("/static", _PageFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
+        return FileResponse(
+            STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS
+        )
 
 
 def _error(

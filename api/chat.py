@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import secrets
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -344,21 +345,21 @@ def resources_words(resources: Mapping[str, Any]) -> str:
 # =========================================================================== one per process
 
 
-_services: dict[tuple[int, Path], ChatService] = {}
+# Per store (weakly: a closed store's service goes with it) and per homelab-infra checkout.
+_services: weakref.WeakKeyDictionary[Store, dict[Path, ChatService]] = weakref.WeakKeyDictionary()
 
 
 def chat_service(settings: Settings, store: Store, writer: IntentsWriter) -> ChatService:
     """The process's chat service for this store and homelab-infra checkout (caches are shared)."""
     root = settings.resolved_infra_repo
-    key = (id(store), root)
-    if key not in _services:
+    services = _services.setdefault(store, {})
+    if root not in services:
         catalog = catalog_from_settings(settings, root)
         planner = Planner(root, goals=CatalogResolver(catalog))
-        compiler = Compiler(
-            catalog, router=_router(settings, store), default_limit=settings.compiler_default_limit
-        )
-        _services[key] = ChatService(settings, store, writer, catalog, planner, compiler)
-    return _services[key]
+        router = _router(settings, store)
+        compiler = Compiler(catalog, router=router, default_limit=settings.compiler_default_limit)
+        services[root] = ChatService(settings, store, writer, catalog, planner, compiler)
+    return services[root]
 
 
 def _router(settings: Settings, store: Store) -> Any:

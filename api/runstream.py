@@ -33,7 +33,7 @@ from typing import Any
 from chiffon.resources import Run
 from chiffon.store import Store, StoreError
 
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.1
 KEEPALIVE_SECONDS = 15.0
 KEEPALIVE = ": keep-alive\n\n"
 

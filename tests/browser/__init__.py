@@ -1,0 +1,1 @@
+"""Browser tests of the chat page (headless Debian Chromium through Playwright)."""

@@ -1,0 +1,180 @@
+"""The chat page's run summary (``chiffon.api.summary``): pure pieces, by table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from chiffon.api.summary import latest_per_step, outcome, playbook_roles, summarize, touches
+from chiffon.resources import (
+    Condition,
+    ConditionStatus,
+    DeploymentIntent,
+    IntentStatus,
+    Plan,
+    Run,
+    RunStatus,
+)
+from chiffon.resources.plan import PlannedStep
+from chiffon.resources.run import HostStats, ResourceUsage
+from chiffon.resources.yamlio import parse_intents
+from chiffon.store.records import Suggestion
+
+ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+DIGEST = "a" * 64
+
+
+def kuma(*, applied: bool) -> DeploymentIntent:
+    text = (ROOT / "examples/intents/uptime-kuma.yaml").read_text()
+    intent = parse_intents(text, "uptime-kuma.yaml").intents[0].intent
+    plan = Plan(
+        digest=DIGEST,
+        steps=[
+            PlannedStep(name=step.name, playbook=step.playbook, content_hash="0" * 64)
+            for step in intent.spec.steps
+        ],
+    )
+    ready = Condition(
+        type="Ready",
+        status=ConditionStatus.TRUE if applied else ConditionStatus.FALSE,
+        reason="Applied" if applied else "Applying",
+        last_transition_time=T0,
+    )
+    status = IntentStatus(conditions=[ready], plan=plan, last_applied_digest=DIGEST if applied else None)
+    return intent.model_copy(update={"status": status})
+
+
+def run(
+    step: str, index: int, status: RunStatus, *, attempt: int = 1, digest: str = DIGEST, **extra: object
+) -> Run:
+    started = T0 + timedelta(seconds=10 * index)
+    finished = started + timedelta(seconds=4) if status.finished else None
+    return Run(
+        id=f"uptime-kuma-{index}-{attempt}-{digest[:4]}",
+        intent="uptime-kuma",
+        generation=1,
+        plan_digest=digest,
+        step=step,
+        step_index=index,
+        attempt=attempt,
+        status=status,
+        started_at=started,
+        finished_at=finished,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def suggestion(file: str, status: str = "open") -> Suggestion:
+    return Suggestion(1, "static/x", file, 3, "why", None, status, "f", T0, T0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "want"),
+    [
+        ([], "waiting"),
+        (["not started", "not started"], "waiting"),
+        (["running", "not started"], "running"),
+        (["successful", "not started"], "running"),
+        (["successful", "successful"], "succeeded"),
+        (["successful", "failed"], "failed"),
+        (["canceled", "not started"], "canceled"),
+        (["timeout", "not started"], "timeout"),
+    ],
+)
+def test_outcome(statuses: list[str], want: str) -> None:
+    assert outcome([{"status": status} for status in statuses]) == want
+
+
+@pytest.mark.parametrize(
+    ("path", "want"),
+    [
+        ("ansible/playbooks/kuma-deployment.yml", True),
+        ("ansible/playbooks/legacy-backup.yml", False),
+        ("ansible/roles/uptime_kuma/tasks/monitors.yml", True),
+        ("roles/uptime_kuma/handlers/main.yml", True),
+        ("ansible/roles/ollama/tasks/main.yml", False),
+        ("ansible/roles", False),
+    ],
+)
+def test_touches(path: str, want: bool) -> None:
+    assert touches(path, {"ansible/playbooks/kuma-deployment.yml"}, {"uptime_kuma"}) is want
+
+
+def test_latest_attempt_of_each_step_of_the_digest_only() -> None:
+    runs = [
+        run("deploy", 0, RunStatus.FAILED),
+        run("deploy", 0, RunStatus.SUCCESSFUL, attempt=2),
+        run("deploy", 0, RunStatus.SUCCESSFUL, digest="b" * 64),
+        run("deploy", 0, RunStatus.SUCCESSFUL, attempt=3, check_mode=True),
+    ]
+    latest = latest_per_step(runs, DIGEST)
+    assert {step: r.attempt for step, r in latest.items()} == {"deploy": 2}
+
+
+def test_summary_of_an_applied_plan() -> None:
+    stats = {"localhost": HostStats(ok=5, changed=2)}
+    runs = [
+        run(
+            "deploy",
+            0,
+            RunStatus.SUCCESSFUL,
+            stats=stats,
+            usage=ResourceUsage(cpu_seconds=2.5, peak_memory_mib=100),
+        ),
+        run(
+            "configure-portals",
+            1,
+            RunStatus.SUCCESSFUL,
+            usage=ResourceUsage(cpu_seconds=1.0, peak_memory_mib=140),
+        ),
+    ]
+    summary = summarize(
+        kuma(applied=True),
+        runs,
+        digest=DIGEST,
+        suggestions=[
+            suggestion("ansible/roles/uptime_kuma/tasks/monitors.yml"),
+            suggestion("ansible/playbooks/legacy-backup.yml"),
+            suggestion("ansible/playbooks/kuma-deployment.yml", status="dismissed"),
+        ],
+        roles={"uptime_kuma", "common"},
+        audit_events=7,
+    )
+    assert summary["ready"] is True and summary["outcome"] == "succeeded"
+    assert [(s["name"], s["status"], s["durationSeconds"]) for s in summary["steps"]] == [
+        ("deploy", "successful", 4.0),
+        ("configure-portals", "successful", 4.0),
+    ]
+    assert summary["steps"][0]["changed"] == 2
+    assert summary["totalSeconds"] == 8.0
+    assert summary["resourcesUsed"] == {"cpuSeconds": 3.5, "peakMemoryMib": 140}
+    assert [s["file"] for s in summary["suggestions"]] == ["ansible/roles/uptime_kuma/tasks/monitors.yml"]
+    assert summary["audit"] == {
+        "resource": "DeploymentIntent/uptime-kuma",
+        "href": "/api/v1/audit?resource=DeploymentIntent%2Fuptime-kuma",
+        "page": "/#/audit/uptime-kuma",
+        "events": 7,
+    }
+
+
+def test_summary_while_the_second_step_has_not_started() -> None:
+    summary = summarize(
+        kuma(applied=False),
+        [run("deploy", 0, RunStatus.RUNNING)],
+        digest=DIGEST,
+        suggestions=[],
+        roles=(),
+        audit_events=0,
+    )
+    assert summary["ready"] is False and summary["outcome"] == "running"
+    assert [s["status"] for s in summary["steps"]] == ["running", "not started"]
+    assert summary["totalSeconds"] is None
+
+
+def test_roles_named_by_the_example_playbooks() -> None:
+    infra = ROOT / "examples/homelab-infra"
+    assert "uptime_kuma" in playbook_roles(infra, ["ansible/playbooks/kuma-deployment.yml"])
+    assert playbook_roles(infra, ["../../etc/passwd", "ansible/playbooks/missing.yml"]) == set()
