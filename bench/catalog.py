@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -423,30 +422,15 @@ def main() -> int:
     args = parser.parse_args()
     args.queries = args.queries or (60 if args.quick else 300)
     args.warm_runs = 1 if args.quick else 3
-    load = list(os.getloadavg())
-    started = time.perf_counter()
-    results = run(args)
-    from bench.common import machine
+    from bench.common import Timing, where_written, write_results
 
-    info = machine()
-    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    info["load_average_1_5_15"] = [round(x, 2) for x in load]
-    document = {
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "quick": args.quick,
-        "machine": info,
-        "elapsed_s": round(time.perf_counter() - started, 1),
-        "arguments": {"playbooks": args.playbooks, "queries": args.queries, "warm_runs": args.warm_runs},
-        **results,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    timing = Timing()
+    results = run(args)
+    arguments = {"playbooks": args.playbooks, "queries": args.queries, "warm_runs": args.warm_runs}
+    document = write_results(args.json, timing, quick=args.quick, arguments=arguments, **results)
     for key, row in results["targets"].items():
         print(f"{key}: {row['figure']:.2f} (target ≤ {row['target']:g}) {'met' if row['met'] else 'MISSED'}")
-    print(
-        f"load average {load[0]:.2f} at start, {info['load_average_end'][0]:.2f} at end; "
-        f"written to {args.json}"
-    )
+    print(where_written(document, args.json))
     return 0 if all(row["met"] for row in results["targets"].values()) else 1
 
 

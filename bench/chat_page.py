@@ -61,7 +61,7 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from bench.common import machine, percentile  # noqa: E402
+from bench.common import percentile  # noqa: E402
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, git_repo_copy  # noqa: E402
 from tests.e2e.conftest import start  # noqa: E402
 
@@ -342,26 +342,16 @@ def main() -> int:
     args = parser.parse_args()
     args.loads = args.loads or (5 if args.quick else 20)
     args.ticks = args.ticks or (8 if args.quick else 30)
-    load = list(os.getloadavg())
-    started = time.perf_counter()
+    from bench.common import Timing, where_written, write_results
+
+    timing = Timing()
     try:
         results = run(args)
     except (RuntimeError, OSError) as exc:
         print(f"bench: chat page could not be measured: {exc}", file=sys.stderr)
         return 2
-    info = machine()
-    info["load_average_1_5_15"] = [round(x, 2) for x in load]
-    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    document = {
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "quick": args.quick,
-        "machine": info,
-        "elapsed_s": round(time.perf_counter() - started, 1),
-        "arguments": {"loads": args.loads, "ticks": args.ticks},
-        **results,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    arguments = {"loads": args.loads, "ticks": args.ticks}
+    document = write_results(args.json, timing, quick=args.quick, arguments=arguments, **results)
     paint, latency = results["first_paint"], results["event_latency"]
     print(
         f"first paint median: {paint['fcp_ms']['p50']:.0f} ms (target ≤ {TARGET_FIRST_PAINT_MS:.0f}) "
@@ -371,10 +361,7 @@ def main() -> int:
         f"event latency p95: {latency['latency_ms']['p95']:.0f} ms (target ≤ {TARGET_EVENT_MS:.0f}) "
         f"{'met' if latency['met'] else 'MISSED'}"
     )
-    print(
-        f"load average {load[0]:.2f} at start, {info['load_average_end'][0]:.2f} at end; "
-        f"written to {args.json}"
-    )
+    print(where_written(document, args.json))
     return 0 if paint["met"] and latency["met"] else 1
 
 

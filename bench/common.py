@@ -838,3 +838,34 @@ def maybe_profile(path: Path | None) -> contextlib.AbstractContextManager[Any]:
             stats.print_stats(25)
 
     return profiling()
+
+
+@dataclass
+class Timing:
+    """When a bench started: the load average then and the clock, for the results document."""
+
+    load: list[float] = field(default_factory=lambda: [round(x, 2) for x in os.getloadavg()])
+    started: float = field(default_factory=time.perf_counter)
+
+
+def write_results(path: Path, timing: Timing, *, quick: bool, **results: Any) -> dict[str, Any]:
+    """Write a bench's results as JSON, with the machine, the load at start and end and the time taken."""
+    info = machine()
+    info["load_average_1_5_15"] = timing.load
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    document = {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": quick,
+        "machine": info,
+        "elapsed_s": round(time.perf_counter() - timing.started, 1),
+        **results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return document
+
+
+def where_written(document: dict[str, Any], path: Path) -> str:
+    """The last line a bench prints: the load it ran under and where its results went."""
+    start, end = document["machine"]["load_average_1_5_15"][0], document["machine"]["load_average_end"][0]
+    return f"load average {start:.2f} at start, {end:.2f} at end; written to {path}"

@@ -40,7 +40,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -459,24 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.repeat = max(1, args.repeat or (1 if args.quick else 5))
-    load = list(os.getloadavg())
-    started = time.perf_counter()
+    from bench.common import Timing, where_written, write_results
+
+    timing = Timing()
     results = asyncio.run(run(args))
     first: list[Verdict] = results.pop("_first")
-    from bench.common import machine
-
-    info = machine()
-    info["load_average_1_5_15"] = [round(x, 2) for x in load]
-    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    document = {
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "quick": args.quick,
-        "machine": info,
-        "elapsed_s": round(time.perf_counter() - started, 1),
-        **results,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=2) + "\n")
+    document = write_results(args.json, timing, quick=args.quick, **results)
 
     if args.verbose:
         for verdict in first:
@@ -506,8 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sign = "≥" if key == "accuracy" else "≤"
         verdict = "met" if row["met"] else "MISSED"
         print(f"{key}: {row['figure']:.3g} (target {sign} {row['target']:g}) {verdict}")
-    end = info["load_average_end"][0]
-    print(f"load average {load[0]:.2f} at start, {end:.2f} at end; written to {args.json}")
+    print(where_written(document, args.json))
     return 0 if all(row["met"] for row in results["targets"].values()) else 1
 
 
