@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Chiffon, start
+from tests.e2e.conftest import ROOT, Chiffon, launch, stop
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -121,7 +120,7 @@ def start_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabFa
     """``start_lab(token=…, infra_repo=…)``: a running ``chiffon up``; stopped after the test."""
     started: list[Chiffon] = []
 
-    def launch(*, token: str | None = None, infra_repo: Path | None = None) -> Chiffon:
+    def launch_lab(*, token: str | None = None, infra_repo: Path | None = None) -> Chiffon:
         home = tmp_path / f"home{len(started)}"
         home.mkdir()
         if token is not None:
@@ -129,28 +128,13 @@ def start_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabFa
             (home / "chiffon.yaml").write_text(f"api_token: {token}\n")
             monkeypatch.setenv("CHIFFON_TOKEN", token)
         extra = ["--infra-repo", str(infra_repo)] if infra_repo is not None else []
-        process, log, port = start(home, *extra)
-        lab = Chiffon(home, f"http://127.0.0.1:{port}", process, log)
-        started.append(lab)
-        lab.wait_for(
-            lambda: process.poll() is not None or lab.ctl("version").code == 0,
-            "chiffon up to answer",
-            timeout=60,
-        )
-        assert process.poll() is None, f"chiffon up exited early:\n{log.read_text()}"
-        return lab
+        started.append(launch(home, *extra))
+        return started[-1]
 
     try:
-        yield launch
+        yield launch_lab
     finally:
-        for lab in started:
-            lab.process.send_signal(signal.SIGTERM)
-        for lab in started:
-            try:
-                lab.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                lab.process.kill()
-                lab.process.wait(timeout=10)
+        stop(*started)
 
 
 @pytest.fixture

@@ -105,10 +105,9 @@ def start(home: Path, *extra: str, port: int | None = None) -> tuple[subprocess.
     return process, log, port
 
 
-@pytest.fixture
-def chiffon(tmp_path: Path) -> Iterator[Chiffon]:
-    home = tmp_path / "home"
-    process, log, port = start(home)
+def launch(home: Path, *extra: str) -> Chiffon:
+    """``chiffon up`` on a free port, once it answers (``stop`` it when done)."""
+    process, log, port = start(home, *extra)
     running = Chiffon(home, f"http://127.0.0.1:{port}", process, log)
     try:
         running.wait_for(
@@ -117,11 +116,29 @@ def chiffon(tmp_path: Path) -> Iterator[Chiffon]:
             timeout=60,
         )
         assert process.poll() is None, f"chiffon up exited early:\n{log.read_text()}"
+    except BaseException:
+        stop(running)
+        raise
+    return running
+
+
+def stop(*running: Chiffon) -> None:
+    """SIGTERM each, then wait for all (a clean stop), killing one that takes more than 20 s."""
+    for each in running:
+        each.process.send_signal(signal.SIGTERM)
+    for each in running:
+        try:
+            each.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            each.process.kill()
+            each.process.wait(timeout=10)
+            raise
+
+
+@pytest.fixture
+def chiffon(tmp_path: Path) -> Iterator[Chiffon]:
+    running = launch(tmp_path / "home")
+    try:
         yield running
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
+        stop(running)

@@ -211,7 +211,7 @@ async def test_a_request_is_accepted_run_and_reported(
         assert beat.capacity.gpus == [] or all(gpu.memory_total_mib > 0 for gpu in beat.capacity.gpus)
     finally:
         await running.halt()
-    assert isinstance(inbox.heartbeats.deliveries[-1].envelope.payload, AgentOffline)
+    await inbox.wait(lambda: said_offline(inbox), "the AgentOffline, last on the heartbeat queue", within=10)
 
     # The request was acked on accept: a new agent on the same queue finds nothing to do.
     again = await start(bus, infra, tmp_path / "agent")
@@ -410,7 +410,7 @@ async def test_a_clean_stop_cancels_runs_and_returns_waiting_requests(
     await inbox.wait(lambda: runner.started == ["running"], "the first run to start")
     await first.halt()
     assert inbox.payloads(RunResult, "running")[0].status == "canceled"
-    assert isinstance(inbox.heartbeats.deliveries[-1].envelope.payload, AgentOffline)
+    await inbox.wait(lambda: said_offline(inbox), "the AgentOffline, last on the heartbeat queue", within=10)
     assert inbox.payloads(RunAccepted, "waiting") == []
 
     # The waiting request was never acked: the next agent on the queue gets it.
@@ -422,6 +422,12 @@ async def test_a_clean_stop_cancels_runs_and_returns_waiting_requests(
     finally:
         await second.halt()
     assert runner.started == ["running", "waiting"]
+
+
+def said_offline(inbox: Inbox) -> bool:
+    """The agent's last word on the heartbeat queue is AgentOffline (a broker delivers it a moment later)."""
+    deliveries = inbox.heartbeats.deliveries
+    return bool(deliveries) and isinstance(deliveries[-1].envelope.payload, AgentOffline)
 
 
 async def test_heartbeats_keep_coming(memory_bus: BusFactory, infra: Path, tmp_path: Path) -> None:
