@@ -84,8 +84,14 @@ class Compiler:
         root = self.catalog.root
         inputs = {key: entry_inputs(root, entry) for key, entry in entries.items()}
         wraps = {key: roles_run(root, entry) for key, entry in entries.items() if entry.playbook}
+        own = {key: own_inputs(root, entry) for key, entry in entries.items()}
         return RepoFacts(
-            entries=entries, inventories=inventories, intents=dict(existing), inputs=inputs, wraps=wraps
+            entries=entries,
+            inventories=inventories,
+            intents=dict(existing),
+            inputs=inputs,
+            wraps=wraps,
+            own_inputs=own,
         )
 
     async def compile(
@@ -118,9 +124,22 @@ class Compiler:
             return replace(compiled, warnings=[note, *compiled.warnings], reason=note)
         return await self._offline(request, facts, base, priority)
 
+    async def _offline(
+        self, request: str, facts: RepoFacts, base: DeploymentIntent | None, priority: str | None
+    ) -> Compilation:
+        try:
+            return await self._by_rules(request, facts, base, priority)
+        except DraftError:
+            raise
+        except Exception as error:  # a bug must not become a 500: say so, keep the trace in the log
+            log.exception("the offline compiler failed on %r", request)
+            raise DraftError(
+                [f"the offline compiler could not read this request ({type(error).__name__}); rephrase it"]
+            ) from error
+
     # -- offline -----------------------------------------------------------------------------
 
-    async def _offline(
+    async def _by_rules(
         self, request: str, facts: RepoFacts, base: DeploymentIntent | None, priority: str | None
     ) -> Compilation:
         if base is not None:
@@ -255,13 +274,20 @@ def _role_defaults(root: Path, playbook: Path) -> list[Path]:
     return found
 
 
+def own_inputs(root: Path, entry: Entry) -> tuple[str, ...]:
+    """The vars an entry takes itself: a playbook's ``{{ x | default(…) }}``, a role's defaults."""
+    if entry.playbook is None:
+        return _read_inputs(root / entry.path / "defaults" / "main.yml", True)
+    return _read_inputs(root / entry.playbook, False)
+
+
 def entry_inputs(root: Path, entry: Entry) -> tuple[str, ...]:
     """The vars a person may set for ``entry``: a playbook's ``{{ x | default(…) }}`` and its roles'
     defaults, or a role's defaults."""
+    names = list(own_inputs(root, entry))
     if entry.playbook is None:
-        return _read_inputs(root / entry.path / "defaults" / "main.yml", True)
+        return tuple(names)
     playbook = root / entry.playbook
-    names = list(_read_inputs(playbook, False))
     for defaults in _role_defaults(root, playbook):
         names.extend(_read_inputs(defaults, True))
     return tuple(dict.fromkeys(names))

@@ -87,6 +87,7 @@ class RepoFacts:
     intents: Mapping[str, DeploymentIntent] = field(default_factory=dict)
     inputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # entry id -> vars it takes
     wraps: Mapping[str, frozenset[str]] = field(default_factory=dict)  # playbook entry id -> roles it runs
+    own_inputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the entry's, not its roles'
 
     @property
     def host_details(self) -> dict[str, tuple[str, ...]]:

@@ -41,12 +41,13 @@ _VERSION = re.compile(
 _BARE_VERSION = re.compile(r"(?<![\w.])v?(\d+\.\d+\.\d+(?:-[\w.]+)?)(?![\w.])", re.I)
 _AUTO = re.compile(
     r"\bauto[- ]?approv\w*|\bautomatically\b|\bwithout (?:asking|approval)(?: me)?\b|\bno approval\b"
-    r"|\bno need to (?:ask|approve)(?: me)?(?: first)?\b|\bdon'?t (?:ask|wait for) me\b",
+    r"|\bno need to (?:ask|approve)(?: me)?(?: first)?\b|\bdon'?t (?:ask|wait for) me\b"
+    r"|\bskip (?:the )?approvals?(?: step)?\b",
     re.I,
 )
 _MANUAL = re.compile(
     r"\b(?:ask me(?: first)?|manual approval|needs? (?:my )?approval|let me approve|by hand|manually"
-    r"|(?:i|we) (?:want to|will|'ll) approve)\b",
+    r"|(?:i|we) (?:want to|will|'ll) approve|approve (?:it|this(?: one)?) (?:myself|ourselves))\b",
     re.I,
 )
 _HIGH = re.compile(r"\b(?:urgent|urgently|asap|high priority|right away|immediately|critical)\b", re.I)
@@ -85,8 +86,10 @@ _URL_NAME = re.compile(
 )
 _LOCAL_WORDS = re.compile(r"\b(?:this machine|locally|local machine|here|the lab|lab machine)\b", re.I)
 _HOST_NOUN = r"(?:\s+(?:host|box|server|machine|group|hosts|boxes|servers|machines))?"
-_ALIAS_NOUN = r"\s+(?:pc|box|machine|desktop|server|host|rig|node)s?\b"
-_GENERIC_HOST_WORDS = frozenset({"desktop", "server", "box", "pc", "machine", "host", "node", "rig", "the"})
+_ALIAS_NOUN = r"\s+(?:pc|box|machine|desktop|workstation|server|host|rig|node)s?\b"
+_GENERIC_HOST_WORDS = frozenset(
+    {"desktop", "workstation", "server", "box", "pc", "machine", "host", "node", "rig", "the"}
+)
 _HOST_PREPOSITION = re.compile(
     r"\b(?:on|to|onto|for|at|use|using|target|targeting|limit(?:ed)? to|only on)\s+(?:the\s+)?$", re.I
 )

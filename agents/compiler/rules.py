@@ -43,7 +43,7 @@ Search = Callable[[str], Sequence[tuple[Entry, float]]]
 
 _ORDERED = (
     r"(?:,?\s*\band then\b|,?\s*\bthen\b|,?\s*\bafter that\b|,?\s*\bafterwards\b"
-    r"|,?\s*\bonce (?:that|it) is (?:done|up|ready)\b|,?\s*\bnext\b)"
+    r"|,?\s*\bonce (?:that|it)(?: is|'s) (?:done|up|ready|finished)\b|,?\s*\bnext\b)"
 )
 _PLAIN = r"(?:;|,\s*and\b|,|\band\b|\balso\b|\bplus\b|\bas well as\b)"
 _SPLIT = re.compile(rf"\s*({_ORDERED}|{_PLAIN})\s*", re.IGNORECASE)
@@ -144,10 +144,12 @@ _SYNONYMS = (
         ),
         "system update upgrade",
     ),
-    (re.compile(r"\bback\s?ups?\b|\bsnapshots?\b|\barchives?\b", re.I), "backup"),
+    (re.compile(r"\bback\s?ups?\b", re.I), "backup"),
     (
         re.compile(
-            r"\beverything\b|\bthe whole (?:homelab|lab|stack|setup)\b|\ball (?:the )?services\b", re.I
+            r"\bthe whole (?:homelab|lab|stack|setup)\b|\ball (?:the )?services\b|\bfull site\b"
+            r"|^\W*(?:\w+\s+){0,2}everything\b(?!.*\bback\s?up)",
+            re.I,
         ),
         "site whole homelab everything",
     ),
@@ -205,9 +207,11 @@ def _about(entry: Entry, score: float, text: str) -> bool:
     return bool(expanded & _identity(entry))
 
 
-def _choose(found: Sequence[tuple[Entry, float]], verb: str | None, text: str) -> tuple[Entry, float] | None:
+def _choose(
+    found: Sequence[tuple[Entry, float]], verb: str | None, text: str, takes: Callable[[Entry], bool] = bool
+) -> tuple[Entry, float] | None:
     """The entry ``text`` asks for among ``found``: above the floor, about what it names, fitting its verb,
-    and a playbook rather than the role it wraps."""
+    taking the vars the clause sets ("kuma on port 3010" → the deployment), a playbook over its role."""
     usable = [(e, s) for e, s in found if s >= MIN_SCORE and _about(e, s, text)]
     if not usable:
         return None
@@ -216,6 +220,7 @@ def _choose(found: Sequence[tuple[Entry, float]], verb: str | None, text: str) -
     if verb is not None:
         fitting = [(e, s) for e, s in close if _step_name(e) == verb]
         close = fitting or close
+    close = [(e, s) for e, s in close if takes(e)] or close
     playbooks = [(e, s) for e, s in close if e.playbook is not None]
     return (playbooks or close)[0]
 
@@ -245,12 +250,12 @@ def _match_clauses(
             matched[-1].modifiers.merge(Modifiers(hosts=modifiers.hosts))
             shared.merge(modifiers.without_hosts())
             continue
-        if verbless and last_unmatched:
+        if verbless and last_unmatched and unmatched:
             unmatched[-1] += f", {clause.text}"  # "deploy grafana and prometheus": still grafana's list
             continue
         verb = _verb(text) if not verbless else (matched[-1].verb if matched else None)
         found = tuple(search(_query(text))) if text.strip() else ()
-        best = _choose(found, verb, text) if found else None
+        best = _choose(found, verb, text, _takes(modifiers, facts)) if found else None
         weak = (best is None and not modifiers.empty) or (best is not None and best[1] < OWN_CLAUSE_SCORE)
         if matched and text and verbless and weak:
             matched[-1].modifiers.merge(modifiers)  # "… and config on the infra boxes": a detail
@@ -262,7 +267,7 @@ def _match_clauses(
                 continue
         if not modifiers.hosts and clause.ordered and matched:
             modifiers.hosts = list(matched[-1].modifiers.hosts)  # "back up unraid, after that upgrade it"
-        last_unmatched = best is None
+        last_unmatched = best is None and bool(text)
         if best is None:
             shared.merge(modifiers)
             if text:
@@ -280,6 +285,17 @@ def _already_run(entry: Entry, matched: Sequence[_Matched], facts: RepoFacts) ->
         or (other.role is not None and other.role in facts.wraps.get(entry.id, frozenset()))
         for other in chosen
     )
+
+
+def _takes(modifiers: Modifiers, facts: RepoFacts) -> Callable[[Entry], bool]:
+    """Whether an entry itself (not a role it uses) takes every var the clause sets a value for."""
+    kinds = [kind for kind, value in (("port", modifiers.port), ("version", modifiers.version)) if value]
+
+    def takes(entry: Entry) -> bool:
+        own = facts.own_inputs.get(entry.id, ())
+        return all(any(name == kind or name.endswith(f"_{kind}") for name in own) for kind in kinds)
+
+    return takes
 
 
 def _unglue(text: str, facts: RepoFacts) -> str:

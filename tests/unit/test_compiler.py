@@ -403,3 +403,22 @@ def test_a_var_no_playbook_takes_is_not_invented() -> None:
     drafts, _ = compile_request("deploy the caddy proxy with mistral:7b", FACTS, fake_search)
 
     assert dict(drafts[0].vars) == {}
+
+
+def test_a_request_of_only_urls_is_refused_not_a_crash() -> None:
+    with pytest.raises(DraftError):
+        compile_request("I want https://a.example and https://b.example to work", FACTS, fake_search)
+
+
+def test_an_entry_taking_the_port_wins_among_close_ones() -> None:
+    facts = RepoFacts(
+        entries=FACTS.entries,
+        inventories=(INVENTORY,),
+        inputs=FACTS.inputs,
+        own_inputs={KUMA_DEPLOY.id: ("kuma_port",)},
+    )
+    ranked = [(KUMA_CONFIG, 0.9), (KUMA_DEPLOY, 0.85)]
+
+    drafts, _ = compile_request("kuma on port 3010", facts, lambda _t: ranked)
+
+    assert steps_of(drafts[0]) == [KUMA_DEPLOY.path] and dict(drafts[0].vars) == {"kuma_port": 3010}
