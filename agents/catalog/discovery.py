@@ -504,7 +504,8 @@ InventoryNames = tuple[tuple[str, ...], tuple[str, ...], dict[str, tuple[str, ..
 def _scalars(body: Any) -> tuple[str, ...]:
     if not isinstance(body, dict):
         return ()
-    return tuple(str(v) for v in body.values() if isinstance(v, (str, int, float)) and not isinstance(v, bool))
+    plain = (v for v in body.values() if isinstance(v, (str, int, float)) and not isinstance(v, bool))
+    return tuple(str(v) for v in plain)
 
 
 def _inventory_names(text: str, path: str) -> InventoryNames | None:
