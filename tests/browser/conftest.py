@@ -78,7 +78,10 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, not session-scoped: Playwright's sync API keeps an event loop running in this
+# thread while it is open, and every asyncio test collected after this module would fail with
+# "cannot be called from a running event loop" if it stayed open to the end of the session.
+@pytest.fixture(scope="module")
 def browser(chromium: Path) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
