@@ -57,7 +57,8 @@ def chat(
         proposal = api.chat(message, conversation=conversation, intent=modify, priority=priority)
         print_proposal(proposal)
         if not confirmed(yes, "Commit this to the intents repo?"):
-            out.print(f"not committed; proposal {proposal['id']} is kept for the chat page", markup=False)
+            note = f"not committed (proposal {proposal['id']}); ask again with --yes to commit"
+            out.print(note, markup=False)
             raise typer.Exit(Exit.INVALID)
         committed = api.decide_proposal(proposal["id"], "confirm")
         out.print(f"committed {str(committed.get('revision') or '')[:12]}", markup=False)
