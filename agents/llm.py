@@ -29,12 +29,10 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import SecretStr
-
-from chiffon.resources import parse_duration
 
 if TYPE_CHECKING:
     from chiffon.settings import Settings
@@ -52,7 +50,6 @@ LOW_LOCAL_QUOTA = 0.2  # under this share of the daily local tokens left, the ex
 HIGH_PRIORITY = "High"
 HEADROOM_CACHE_SECONDS = 5.0  # quota and budget are re-read at most this often
 MAX_ERROR_CHARS = 300
-MAX_WINDOW = timedelta(days=3660)
 _LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
 # Ollama (0.5+) takes the schema itself as ``format``; litellm's model facts do not say so.
 _SCHEMA_PROVIDERS = frozenset({"ollama", "ollama_chat"})
@@ -260,27 +257,6 @@ def day_start(now: datetime) -> datetime:
 
 def month_start(now: datetime) -> datetime:
     return day_start(now).replace(day=1)
-
-
-_DAYS = re.compile(r"(?:(\d+)d)?(.*)")
-
-
-def parse_window(text: str) -> timedelta:
-    """``30d``, ``24h``, ``30m``, ``1d12h``, ``90s``: how far back a usage report looks."""
-    problem = ValueError(f"{text!r} is not a duration: write it like '30d', '24h' or '30m'")
-    match = _DAYS.fullmatch(text.strip())
-    if match is None or not text.strip():
-        raise problem
-    days, rest = match.groups()
-    try:
-        window = timedelta(days=int(days or 0)) + (parse_duration(rest) if rest else timedelta())
-    except (ValueError, OverflowError):
-        raise problem from None
-    if window <= timedelta():
-        raise problem
-    if window > MAX_WINDOW:
-        raise ValueError(f"{text!r} is too long; the most is {MAX_WINDOW.days}d")
-    return window
 
 
 # The ledger -------------------------------------------------------------------------------------

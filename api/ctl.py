@@ -1018,6 +1018,7 @@ def main() -> None:
 
 # Command groups in their own modules register themselves on `app` when imported.
 from chiffon.api import (  # noqa: E402, F401
+    ctl_audit,
     ctl_chat,
     ctl_suggestions,
     ctl_templates,

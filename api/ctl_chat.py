@@ -216,6 +216,7 @@ def print_summary(api: ChiffonClient, name: str) -> None:
     audit = summary.get("audit") or {}
     if audit.get("href"):
         out.print(f"  audit trail: {state.server.rstrip('/')}{audit['href']}", markup=False)
+    out.print(f"  or: chiffonctl audit --intent {name} -o wide", markup=False)
 
 
 app_command = app.command("chat")(chat)

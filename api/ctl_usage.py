@@ -33,8 +33,8 @@ def usage(
     ] = UsageOutput.TABLE,
 ) -> None:
     """LLM calls, tokens and cost per model; local quota left today, external budget left this month."""
-    from chiffon.agents.llm import parse_window
     from chiffon.api.ctl import Exit, client, fail
+    from chiffon.resources import parse_window
 
     try:
         parse_window(since)

@@ -8,7 +8,7 @@ Chiffon's and does no I/O; a test enforces it.
 from chiffon.resources.agent import Agent, AgentKind, Capacity, GpuInfo
 from chiffon.resources.approval import Approval, Decision
 from chiffon.resources.audit import AuditEvent, Outcome
-from chiffon.resources.base import API_VERSION, Model, parse_duration
+from chiffon.resources.base import API_VERSION, Model, parse_duration, parse_window
 from chiffon.resources.conditions import (
     Condition,
     ConditionStatus,
@@ -67,6 +67,7 @@ __all__ = [
     "initial_conditions",
     "is_condition_true",
     "parse_duration",
+    "parse_window",
     "run_id",
     "set_condition",
 ]

@@ -68,6 +68,29 @@ def parse_duration(value: str) -> timedelta:
     return timedelta(hours=hours, minutes=minutes, seconds=seconds)
 
 
+#: The longest look back a query accepts (ten years).
+MAX_WINDOW = timedelta(days=3660)
+_DAYS = re.compile(r"(?:(\d+)d)?(.*)")
+
+
+def parse_window(text: str) -> timedelta:
+    """``30d``, ``24h``, ``30m``, ``1d12h``, ``90s``: how far back a query looks (days allowed)."""
+    problem = ValueError(f"{text!r} is not a duration: write it like '30d', '24h' or '30m'")
+    match = _DAYS.fullmatch(text.strip())
+    if match is None or not text.strip():
+        raise problem
+    days, rest = match.groups()
+    try:
+        window = timedelta(days=int(days or 0)) + (parse_duration(rest) if rest else timedelta())
+    except (ValueError, OverflowError):
+        raise problem from None
+    if window <= timedelta():
+        raise problem
+    if window > MAX_WINDOW:
+        raise ValueError(f"{text!r} is too long; the most is {MAX_WINDOW.days}d")
+    return window
+
+
 def _validate_duration(value: str) -> str:
     parse_duration(value)
     return value

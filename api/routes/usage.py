@@ -13,8 +13,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from chiffon.agents.llm import LlmConfig, parse_window, usage_report
+from chiffon.agents.llm import LlmConfig, usage_report
 from chiffon.api.deps import ContextDep, StoreDep
+from chiffon.resources import parse_window
 
 router = APIRouter(prefix="/usage", tags=["usage"])
 

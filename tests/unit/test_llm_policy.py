@@ -15,12 +15,11 @@ from chiffon.agents.llm import (
     day_start,
     headroom,
     month_start,
-    parse_window,
     provider_of,
     role_of,
     score_complexity,
 )
-from chiffon.resources import Priority
+from chiffon.resources import Priority, parse_window
 from chiffon.settings import Settings
 from chiffon.store.records import LlmSpend
 
