@@ -34,6 +34,16 @@ def test_chat_from_request_to_summary(chiffon: Chiffon) -> None:
     assert "deploy: successful" in out and "configure: successful" in out
     assert "audit trail: http://127.0.0.1:" in out and "/api/v1/audit?" in out
     assert (chiffon.home / "lab" / "stacks" / "uptime-kuma" / "docker-compose.yml").is_file()
+    # "existing portals": the list homelab-infra keeps (group_vars/all.yml), one monitor file each.
+    assert "Uptime Kuma watches Unraid, Home Assistant, Nextcloud, Jellyfin, Portainer" in out
+    monitors = chiffon.home / "lab" / "stacks" / "uptime-kuma" / "autokuma" / "static-monitors"
+    assert sorted(p.name for p in monitors.glob("*.json")) == [
+        "home-assistant.json",
+        "jellyfin.json",
+        "nextcloud.json",
+        "portainer.json",
+        "unraid.json",
+    ]
 
     change = chiffon.ctl("chat", "change the port to 3002", "--modify", "uptime-kuma", "--yes", "--no-follow")
     assert change.code == 0, change.stderr
