@@ -29,6 +29,7 @@ from chiffon.api.routes import (
     catalog,
     chat,
     health,
+    history,
     intents,
     runs,
     sources,
@@ -54,7 +55,7 @@ def create_app(context: ServerContext) -> FastAPI:
     app.state.context = context
     # Every call needs at least the viewer role; routes that change things ask for more (deps.py).
     api = APIRouter(prefix="/api/v1", dependencies=[ViewerDep])
-    for module in (intents, summary, approvals, abort, chat, runs, agents, sources, audit):
+    for module in (intents, history, summary, approvals, abort, chat, runs, agents, sources, audit):
         api.include_router(module.router)
     for module in (catalog, suggestions, usage, health):
         api.include_router(module.router)

@@ -1020,6 +1020,7 @@ def main() -> None:
 from chiffon.api import (  # noqa: E402, F401
     ctl_audit,
     ctl_chat,
+    ctl_history,
     ctl_suggestions,
     ctl_templates,
 )

@@ -7,13 +7,24 @@ multi-document file, with the other documents' comments untouched); a new
 intent gets ``<name>.yaml``. The commit's author is the person who applied.
 After committing (and pushing, for a remote repo) the writer runs a sync, so
 the store already shows the change when the command returns.
+
+Rollback (``chiffonctl rollback NAME --to REV``) is "a git revert of the
+intent" in the sense that matters to the reconciler: a new commit puts the
+intent's document back to its text at ``REV``, through the same path as apply
+(the document is replaced where the intent lives now; the other documents of
+its file and their comments stay). Nothing is rewritten: the commit is new, so
+the intent gets a new generation, is planned again and goes through approval
+like any change. Other intents changed since ``REV`` are left alone, which a
+plain ``git revert`` of whole commits would not do.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import PurePosixPath
 
 from chiffon.controllers.source import GitSource, SyncReport, is_intent_file
@@ -24,6 +35,8 @@ from chiffon.store import Store
 log = logging.getLogger(__name__)
 
 PUSH_ATTEMPTS = 3
+# A commit, a branch or tag, or a relative ref (HEAD~2); never an option or a range.
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/~^@{}-]{0,199}$")
 
 Changes = Mapping[str, bytes | None]
 ChangeBuilder = Callable[[str], Awaitable[Changes]]
@@ -51,6 +64,16 @@ class ApplyReport:
     revision: str | None
     committed: bool
     intents: list[AppliedIntent]
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A commit that touched the file an intent lives in."""
+
+    sha: str
+    time: datetime
+    author: str
+    subject: str
 
 
 class ApplyError(ValueError):
@@ -156,6 +179,87 @@ class IntentsWriter:
             report.revision, committed, [AppliedIntent(name, "deleted", "", None, report.revision)]
         )
 
+    async def rollback(
+        self, name: str, to_revision: str, author: Identity, *, message: str | None = None
+    ) -> ApplyReport:
+        """Commit ``name``'s document as it was at ``to_revision`` (see the module docstring).
+
+        NotFoundError when the revision is not in the history Chiffon reads or the
+        intent was not defined there; ApplyError when its old document is no
+        longer valid, or when it already has that content (nothing would change).
+        """
+        target = await self._rollback_target(name, to_revision)
+        subject = f"Roll back deploymentintent/{name} to {target[:7]}"
+        note = f"Its document is back to its content at {target}."
+        text = "\n\n".join(part for part in (subject, message or "", note) if part) + "\n"
+
+        async def changes(ref: str) -> Changes:
+            old_text, old = await self._document_at(name, target)
+            current = (await self._locations(ref)).get(name)
+            if current is not None and await self._document_text(ref, current) == old_text:
+                raise _unchanged(name, current.path, target)
+            return await self._apply_changes([old], ref)
+
+        committed = await self._commit_with_retry(changes, author, text)
+        if not committed:
+            raise _unchanged(name, "", target)
+        report = await self.source.sync()
+        return ApplyReport(
+            report.revision,
+            committed,
+            await outcomes(self.source.store, self.source.config.name, [name], report),
+        )
+
+    async def history(self, name: str, *, limit: int = 50) -> tuple[str, list[Revision]]:
+        """The file ``name`` lives in now and the commits that touched it, newest first.
+
+        Commits from before the intent moved into this file are not followed.
+        """
+        source = self.source
+        where = (await source.store.intent_sources(source.config.name)).get(name)
+        if where is None:
+            raise NotFoundError(f"deploymentintent/{name} is not in the intents repo")
+        out = await source.repo.git(
+            "log", f"-{limit}", "--format=%H%x00%aI%x00%an <%ae>%x00%s", where.revision, "--", where.path
+        )
+        revisions = []
+        for line in out.decode().splitlines():
+            sha, when, author, subject = line.split("\0", 3)
+            revisions.append(Revision(sha, datetime.fromisoformat(when), author, subject))
+        return where.path, revisions
+
+    async def _rollback_target(self, name: str, to_revision: str) -> str:
+        """The full commit ``to_revision`` names, if it is in the history of the branch Chiffon reads."""
+        wanted = to_revision.strip()
+        sha = await self.source.repo.resolve(wanted) if _REVISION.match(wanted) else None
+        tip = await self.source.repo.resolve(await self.source.ref())
+        if (
+            sha is None
+            or tip is None
+            or not await self.source.repo.succeeds("merge-base", "--is-ancestor", sha, tip)
+        ):
+            raise NotFoundError(
+                f"revision {to_revision!r} is not in the intents repo's history; "
+                f"`chiffonctl history intent/{name}` lists the revisions of this intent"
+            )
+        return sha
+
+    async def _document_at(self, name: str, revision: str) -> tuple[str, ParsedIntent]:
+        """``name``'s document at ``revision``: its text, and the intent validated as an apply would."""
+        location = (await self._locations(revision)).get(name)
+        if location is None:
+            raise NotFoundError(f"deploymentintent/{name} was not defined at revision {revision[:7]}")
+        text = await self._document_text(revision, location)
+        [parsed] = validate_submission([SubmittedFile(f"{location.path}@{revision[:7]}", text.encode())])
+        return text, parsed
+
+    async def _document_text(self, ref: str, location: _Location) -> str:
+        result = parse_intents(await self._read_text(ref, location.path), location.path)
+        for item in result.intents:
+            if item.document.index == location.index:
+                return item.document.text
+        raise GitError(f"{location.path} changed while it was read at {ref}")
+
     # Building the change ------------------------------------------------------------------
 
     async def _apply_changes(self, intents: Sequence[ParsedIntent], ref: str) -> Changes:
@@ -251,6 +355,18 @@ class IntentsWriter:
         source = self.source
         ref = await source.ref()
         return ref.removeprefix("refs/remotes/origin/")
+
+
+def _unchanged(name: str, path: str, revision: str) -> ApplyError:
+    return ApplyError(
+        [
+            ResourceError(
+                path or f"deploymentintent/{name}",
+                f"deploymentintent/{name} already has its content of revision {revision[:7]}; "
+                "nothing would change",
+            )
+        ]
+    )
 
 
 async def outcomes(
