@@ -301,6 +301,45 @@ def controller_loop(settings: Settings, store: Store, bus: Bus, source: GitSourc
     return NamedLoop("controller", lambda stop: elector.run(stop, controller.lead))
 
 
+AUDIT_GIT_ELECTION = "audit-git"
+
+
+def audit_git_loop(settings: Settings, store: Store) -> NamedLoop:
+    """Copies audit events into the audit repo, behind an election of its own: one writer at a time."""
+    from chiffon.controllers.audit_git import AuditGitWriter
+    from chiffon.controllers.leader import LeaderElector
+    from chiffon.controllers.manager import NamedLoop
+    from chiffon.gitrepo import GitRepo
+
+    async def lead(_epoch: int, lost: asyncio.Event) -> None:
+        repo = await GitRepo.init(
+            settings.resolved_audit_repo,
+            initial_files={"README.md": AUDIT_README},
+            message="Create the audit repo",
+        )
+        await AuditGitWriter(store, repo).run(lost)
+
+    elector = LeaderElector(store, name=AUDIT_GIT_ELECTION, holder=f"{socket.gethostname()}:{os.getpid()}")
+    return NamedLoop("audit-git", lambda stop: elector.run(stop, lead))
+
+
+def notify_loops(settings: Settings, store: Store) -> list[NamedLoop]:
+    """Webhook notices from the audit trail (controllers/notify.py), when webhooks are configured."""
+    if not settings.notify_webhooks:
+        return []
+    from chiffon.controllers.leader import LeaderElector
+    from chiffon.controllers.manager import NamedLoop
+    from chiffon.controllers.notify import Notifier, Webhook
+
+    notifier = Notifier(store, [Webhook.from_setting(hook) for hook in settings.notify_webhooks])
+
+    async def lead(_epoch: int, lost: asyncio.Event) -> None:
+        await notifier.run(lost)
+
+    elector = LeaderElector(store, name="notify", holder=f"{socket.gethostname()}:{os.getpid()}")
+    return [NamedLoop("notify", lambda stop: elector.run(stop, lead))]
+
+
 async def open_message_bus(settings: Settings, *, wait: bool = False) -> Bus:
     from chiffon.bus import BusError, open_bus
 
@@ -385,6 +424,8 @@ async def run_up(settings: Settings) -> None:
         _banner(settings, infra)
         loops = [
             controller_loop(settings, store, bus, source, infra),
+            audit_git_loop(settings, store),
+            *notify_loops(settings, store),
             *embedded_agent_loops(settings, bus, infra),
         ]
         await _serve(settings, context, loops)
@@ -414,7 +455,13 @@ async def run_controller(settings: Settings) -> None:
     try:
         source = await open_source(settings, store)
         infra = settings.resolved_infra_repo
-        await _run_until_signal([controller_loop(settings, store, bus, source, infra)])
+        await _run_until_signal(
+            [
+                controller_loop(settings, store, bus, source, infra),
+                audit_git_loop(settings, store),
+                *notify_loops(settings, store),
+            ]
+        )
     finally:
         await bus.close()
         await store.close()

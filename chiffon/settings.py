@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         "instead of a new branch chiffon/suggestion-<id>",
     )
     lint_timeout: float = Field(default=300.0, gt=0, description="seconds one ansible-lint run may take")
+    # Notifications (controllers/notify.py): webhooks called on approval needed, run failed, drift found.
+    notify_webhooks: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="each {url, format: json|ntfy|gotify, events: [approval, failure, drift], token}",
+    )
     # The chat compiler (agents/compiler).
     compiler_default_limit: str | None = Field(
         default=None,

@@ -291,7 +291,13 @@ class IntentReconciler:
             self._audit(
                 state,
                 "plan",
-                {"digest": plan.digest, "risk": plan.risk.value, "steps": [s.name for s in plan.steps]},
+                {
+                    "digest": plan.digest,
+                    "risk": plan.risk.value,
+                    "steps": [s.name for s in plan.steps],
+                    "approval": state.intent.spec.approval.value,
+                    "needsPerson": needs_person(plan),
+                },
             )
         state.plan = state.status.plan
         steps = len(plan.steps)

@@ -397,6 +397,15 @@ class Store:
             rows = (await session.scalars(statement)).all()
         return [convert.model_from_row(AuditEvent, row) for row in rows]
 
+    async def audit_after(self, after_id: int, limit: int) -> list[AuditEvent]:
+        """Up to ``limit`` audit events with an id above ``after_id``, oldest id first (a cursor)."""
+        statement = (
+            select(AuditEventRow).where(AuditEventRow.id > after_id).order_by(AuditEventRow.id).limit(limit)
+        )
+        async with self._read() as session:
+            rows = (await session.scalars(statement)).all()
+        return [convert.model_from_row(AuditEvent, row) for row in rows]
+
     # -- approvals ---------------------------------------------------------------------------
 
     async def record_approval(self, approval: Approval) -> int:
