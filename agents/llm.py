@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import SecretStr
 
+from chiffon.resources import AuditEvent
+from chiffon.resources import Outcome as AuditOutcome
+
 if TYPE_CHECKING:
     from chiffon.settings import Settings
     from chiffon.store.records import LlmSpend
@@ -281,6 +284,29 @@ class LlmLedger(Protocol):
 
     async def llm_spend(self, *, since: datetime) -> list[LlmSpend]: ...
 
+    async def record_audit(self, event: AuditEvent) -> int: ...
+
+
+def _call_audit(attempt: _Attempt, reason: str, intent: str | None) -> AuditEvent:
+    """An LLM call is a decision input: it goes in the audit trail too (DESIGN §8), costs included."""
+    return AuditEvent(
+        time=datetime.now(UTC),
+        actor="chiffon",
+        action="llm.call",
+        resource=f"DeploymentIntent/{intent}" if intent else None,
+        outcome=AuditOutcome.SUCCESS if attempt.outcome == "success" else AuditOutcome.FAILURE,
+        details={
+            "model": attempt.model,
+            "role": attempt.role,
+            "outcome": attempt.outcome,
+            "promptTokens": attempt.prompt_tokens,
+            "completionTokens": attempt.completion_tokens,
+            "costUsd": attempt.cost_usd,
+            "latencyMs": attempt.latency_ms,
+            "reason": reason,
+        },
+    )
+
 
 # The adapter ------------------------------------------------------------------------------------
 
@@ -419,6 +445,7 @@ class LlmRouter:
             outcome=attempt.outcome,
             intent=intent,
         )
+        await self._ledger.record_audit(_call_audit(attempt, reason, intent))
         self._headroom = None  # the next call sees this one's tokens and cost
         if attempt.outcome != "success":
             log.warning("LLM %s model %s %s: %s", attempt.role, attempt.model, attempt.outcome, attempt.error)

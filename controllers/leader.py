@@ -35,8 +35,10 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Literal, Protocol
 
+from chiffon.resources import AuditEvent, Outcome
 from chiffon.store import LeaderLease, LeaderRecord, StoreError
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class Elections(Protocol):
     async def acquire_leadership(self, name: str, holder: str) -> LeaderLease | None: ...
 
     async def current_leader(self, name: str) -> LeaderRecord | None: ...
+
+    async def record_audit(self, event: AuditEvent) -> int: ...
 
 
 def default_holder() -> str:
@@ -131,6 +135,7 @@ class LeaderElector:
         """One term: run ``lead`` while the lease holds, then wind it down and release."""
         self._lease, self._standing_by = lease, None
         log.info("%s is now leading %r (epoch %d)", self.holder, self.name, lease.epoch)
+        await self._audit("leader.elected", lease.epoch)
         lost = asyncio.Event()
         term = asyncio.create_task(
             _lead(lead, lease.epoch, lost), name=f"lead {self.name} epoch {lease.epoch}"
@@ -138,6 +143,7 @@ class LeaderElector:
         try:
             ended = await self._hold(lease, stop, term)
             _log_term_end(self.holder, self.name, lease.epoch, ended)
+            await self._audit("leader.lost" if ended == "lost" else "leader.stepped-down", lease.epoch, ended)
             lost.set()
             await self._wind_down(term)
         finally:
@@ -146,6 +152,24 @@ class LeaderElector:
             await lease.release()
             self._lease = None
             log.info("%s released %r (epoch %d)", self.holder, self.name, lease.epoch)
+
+    async def _audit(self, action: str, epoch: int, why: str | None = None) -> None:
+        """A leader change is an audit event; an unreachable database must not hold up the election."""
+        details: dict[str, object] = {"election": self.name, "epoch": epoch}
+        if why:
+            details["why"] = why
+        event = AuditEvent(
+            time=datetime.now(UTC),
+            actor=self.holder,
+            action=action,
+            resource=f"Election/{self.name}",
+            outcome=Outcome.INFO,
+            details=details,
+        )
+        try:
+            await self._store.record_audit(event)
+        except StoreError as error:
+            log.warning("could not record %s of %r in the audit trail: %s", action, self.name, error)
 
     async def _hold(self, lease: LeaderLease, stop: asyncio.Event, term: asyncio.Task[None]) -> TermEnd:
         """Check the lease every ``renew_interval`` until it is lost, ``stop`` is set or ``lead`` returns."""

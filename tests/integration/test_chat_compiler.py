@@ -153,6 +153,12 @@ async def test_the_model_picks_from_the_menu_and_its_call_is_recorded(
         60,
     )
     assert usage.reason.startswith("local only")
+    [call] = await store.list_audit(action="llm.call")  # the call is in the audit trail too
+    assert (call.details["model"], call.details["promptTokens"], call.outcome.value) == (
+        "openai/scripted-local",
+        900,
+        "success",
+    )
     menu = json.loads(model.seen[0][1]["content"])
     assert KUMA_DEPLOY in {item["id"] for item in menu["catalog"]}
     assert "unraid" in menu["inventory"]["hosts"]

@@ -367,11 +367,22 @@ async def test_on_sqlite_a_single_elector_leads_with_a_new_epoch_each_term(tmp_p
     elector = LeaderElector(store, name=ELECTION, holder="embedded", retry_interval=0.01, renew_interval=0.01)
     try:
         await asyncio.wait_for(elector.run(stop, lead), 10)
+        changes = await store.list_audit(resource=f"Election/{ELECTION}")
     finally:
         await store.close()
 
     assert epochs == [1, 2, 3]
     assert elector.lease is None
+    # Every leader change is in the audit trail: who, which election, which epoch, why it ended.
+    assert [(e.action, e.actor, e.details["epoch"]) for e in reversed(changes)] == [
+        ("leader.elected", "embedded", 1),
+        ("leader.stepped-down", "embedded", 1),
+        ("leader.elected", "embedded", 2),
+        ("leader.stepped-down", "embedded", 2),
+        ("leader.elected", "embedded", 3),
+        ("leader.stepped-down", "embedded", 3),
+    ]
+    assert changes[0].details["why"] == "lead returned"
 
 
 async def sqlite_store(tmp_path: Path) -> Store:
