@@ -74,19 +74,38 @@ async def test_audit_events_in_the_same_instant_keep_insertion_order(store: Stor
     assert [e.action for e in await store.list_audit()] == ["dispatch", "approve", "plan"]
 
 
-async def test_audit_by_service_uses_its_index(store: Store) -> None:
-    # 2000 events across 100 services: "the latest events of one service" is a
-    # selective query that should read the (service, time) index, not the table.
+async def test_every_audit_query_of_chiffonctl_audit_reads_its_index(store: Store) -> None:
+    # 2000 events across 100 services, 50 actors and intents, 1 in 25 failed: each filter of
+    # `chiffonctl audit` (--service, --failed, --actor, --intent) is a selective query that
+    # should read its (column, time) index, newest first, not scan the table.
     for i in range(2000):
-        await store.record_audit(audit(i, service=f"svc-{i % 100}", details={"n": i, "pad": "x" * 200}))
+        await store.record_audit(
+            audit(
+                i,
+                service=f"svc-{i % 100}",
+                actor=f"actor-{i % 50}",
+                resource=f"DeploymentIntent/intent-{i % 50}",
+                outcome=Outcome.FAILURE if i % 25 == 0 else Outcome.SUCCESS,
+                details={"n": i, "pad": "x" * 200},
+            )
+        )
     await analyze(store)
 
-    plan = "\n".join(await explain(store, audit_select(service="svc-7", limit=100)))
-
-    assert "ix_audit_events_service_time" in plan, plan
-    if store.dialect == "sqlite":
-        assert "USING INDEX ix_audit_events_service_time" in plan, plan
+    queries = {
+        "ix_audit_events_service_time": audit_select(service="svc-7", limit=100),
+        "ix_audit_events_outcome_time": audit_select(outcome=Outcome.FAILURE, limit=100),
+        "ix_audit_events_actor_time": audit_select(actor="actor-7", limit=100),
+        "ix_audit_events_resource_time": audit_select(resource="DeploymentIntent/intent-7", limit=100),
+    }
+    for index, statement in queries.items():
+        plan = "\n".join(await explain(store, statement))
+        assert index in plan, f"{index} not used:\n{plan}"
+        if store.dialect == "sqlite":
+            assert f"USING INDEX {index}" in plan, plan
+        else:
+            assert "Seq Scan" not in plan, plan
     assert len(await store.list_audit(service="svc-7")) == 20
+    assert len(await store.list_audit(outcome=Outcome.FAILURE)) == 80
 
 
 # -- approvals ---------------------------------------------------------------------------------
