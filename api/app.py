@@ -31,6 +31,7 @@ from chiffon.api.routes import (
     health,
     history,
     intents,
+    postmortem,
     runs,
     sources,
     suggestions,
@@ -55,7 +56,19 @@ def create_app(context: ServerContext) -> FastAPI:
     app.state.context = context
     # Every call needs at least the viewer role; routes that change things ask for more (deps.py).
     api = APIRouter(prefix="/api/v1", dependencies=[ViewerDep])
-    for module in (intents, history, summary, approvals, abort, chat, runs, agents, sources, audit):
+    for module in (
+        intents,
+        history,
+        summary,
+        approvals,
+        abort,
+        chat,
+        runs,
+        postmortem,
+        agents,
+        sources,
+        audit,
+    ):
         api.include_router(module.router)
     for module in (catalog, suggestions, usage, health):
         api.include_router(module.router)

@@ -1021,6 +1021,7 @@ from chiffon.api import (  # noqa: E402, F401
     ctl_audit,
     ctl_chat,
     ctl_history,
+    ctl_postmortem,
     ctl_suggestions,
     ctl_templates,
 )
