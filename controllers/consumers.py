@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from chiffon.bus import Delivery
@@ -92,9 +92,12 @@ class ResultConsumer:
         payloads = [delivery.envelope.payload for delivery in batch]
         now = self._clock()
         try:
+            # The results' audit events carry the service, so `chiffonctl audit --service` finds the runs.
+            finished = [p.run_id for p in payloads if isinstance(p, RunResult)]
+            services = await self.store.services_of_runs(finished)
             writes = await self.store.update_runs(
                 {p.run_id for p in payloads if isinstance(p, RUN_REPORTS)},
-                lambda runs: apply_reports(runs, payloads, now),
+                lambda runs: apply_reports(runs, payloads, now, services),
             )
         except Exception as exc:  # nothing was written: the broker delivers them again
             log.error("could not record %d agent reports: %s; returning them", len(batch), exc, exc_info=exc)
@@ -113,7 +116,9 @@ class ResultConsumer:
 RUN_REPORTS = (RunAccepted, RunEvent, RunResult)
 
 
-def apply_reports(runs: dict[str, Run], payloads: Sequence[object], now: datetime) -> RunWrites:
+def apply_reports(
+    runs: dict[str, Run], payloads: Sequence[object], now: datetime, services: Mapping[str, str] | None = None
+) -> RunWrites:
     """What a batch of agent reports changes, in delivery order (pure; ``runs`` is updated as it goes)."""
     changed: dict[str, Run] = {}
     writes = RunWrites()
@@ -138,7 +143,7 @@ def apply_reports(runs: dict[str, Run], payloads: Sequence[object], now: datetim
             if after is not None:
                 runs[run.id] = changed[run.id] = after
                 if isinstance(payload, RunResult):
-                    writes.audits.append(result_audit(after, payload, now))
+                    writes.audits.append(result_audit(after, payload, now, (services or {}).get(run.id)))
         elif isinstance(payload, ErrorPayload):
             log.warning("agent reported %s: %s", payload.code, payload.message)
         else:
@@ -161,12 +166,13 @@ def result_run(run: Run, result: RunResult, now: datetime) -> Run | None:
     return None if run.status.finished else finished_run(run, result, now)
 
 
-def result_audit(done: Run, result: RunResult, now: datetime) -> AuditEvent:
+def result_audit(done: Run, result: RunResult, now: datetime, service: str | None = None) -> AuditEvent:
     return AuditEvent(
         time=now,
         actor=f"agent:{result.agent_id}",
         action="run.result",
         resource=f"DeploymentIntent/{done.intent}",
+        service=service,
         outcome=Outcome.SUCCESS if done.status is RunStatus.SUCCESSFUL else Outcome.FAILURE,
         details={
             "run": done.id,

@@ -489,6 +489,17 @@ class Store:
             row = await session.get(RunRow, run_id)
         return convert.model_from_row(Run, row) if row is not None else None
 
+    async def services_of_runs(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """run id -> the service of its intent (its ``spec.service``, else its name), for known runs."""
+        ids = sorted(set(run_ids))
+        if not ids:
+            return {}
+        async with self._read() as session:
+            statement = select(RunRow.id, RunRow.intent).where(RunRow.id.in_(ids))
+            owners: dict[str, str] = {run: intent for run, intent in (await session.execute(statement)).all()}
+        found = await self.get_intents(owners.values())
+        return {run: found[name].service for run, name in owners.items() if name in found}
+
     async def list_runs(self, *, intent: str | None = None, limit: int = 50) -> list[Run]:
         """Runs, newest first."""
         async with self._read() as session:

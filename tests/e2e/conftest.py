@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +54,6 @@ class Chiffon:
             check=False,
         )
         return Result(done.returncode, done.stdout, done.stderr)
-
-    def http_json(self, path: str) -> dict:  # type: ignore[type-arg]
-        with urllib.request.urlopen(self.server + path, timeout=30) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
 
     def git(self, *args: str) -> str:
         env = {

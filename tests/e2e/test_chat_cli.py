@@ -10,6 +10,8 @@ refused with the closest matches, and the audit holds the chat decisions.
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from .conftest import Chiffon
@@ -59,6 +61,23 @@ def test_chat_from_request_to_summary(chiffon: Chiffon) -> None:
     assert not_asked.code == 1 and "pass --yes" in not_asked.stderr
     assert chiffon.ctl("get", "intents", "ollama").code == 1  # nothing committed
 
-    audit = chiffon.http_json("/api/v1/audit?resource=DeploymentIntent/uptime-kuma&limit=500")
-    kinds = {event["action"] for event in audit["items"]}
-    assert {"chat.propose", "chat.confirm", "approve", "dispatch"} <= kinds, kinds
+    # The whole story by service: the request, the plan, the approval, both runs and their results.
+    audit = chiffon.ctl("audit", "--service", "uptime-kuma", "--limit", "500", "-o", "json")
+    assert audit.code == 0, audit.stderr
+    actions = [event["action"] for event in audit.json()["items"]]
+    assert {"chat.propose", "chat.confirm", "plan", "approve", "dispatch"} <= set(actions), actions
+    assert actions.count("run.result") == 2 and actions.count("dispatch") == 2, actions
+    # ...and in the audit git repo, one commit per event, signed off by whoever acted.
+    log = chiffon.wait_for(
+        lambda: (lambda text: text if "run.result" in text else None)(
+            subprocess.run(
+                ["git", "-C", str(chiffon.home / "audit"), "log", "--format=%s%n%b"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+        ),
+        "the audit repo to hold the run results",
+    )
+    assert "chat.confirm DeploymentIntent/uptime-kuma: success" in log
+    assert "Signed-off-by: Erin Tester <erin@example.com>" in log
