@@ -638,6 +638,20 @@ def reject(
     out.print(f"deploymentintent/{name} plan {decision['digest'][:12]} rejected", markup=False)
 
 
+@app.command()
+def abort(
+    name: str,
+    reason: Annotated[str, typer.Option("--reason", help="why (kept in the audit trail)")] = "",
+) -> None:
+    """Stop the intent's run in flight and hold its plan until someone approves it again."""
+    with client() as api:
+        report = api.abort(name, reason)
+    canceled = ", ".join(report["canceledRuns"]) or "no run was in flight"
+    digest = report["digest"][:12]
+    out.print(f"deploymentintent/{name} plan {digest} held; canceled: {canceled}", markup=False)
+    out.print(f"run it again with: chiffonctl approve {name} --plan {digest}", markup=False)
+
+
 def parse_condition(spec: str) -> tuple[str, str]:
     """``condition=Ready`` or ``condition=Ready=False`` → (type, wanted status)."""
     kind, _, rest = spec.partition("=")

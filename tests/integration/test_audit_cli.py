@@ -95,3 +95,10 @@ async def test_filters_and_outputs(context: ServerContext, store: Store) -> None
     assert "error=rc 2" in recent.stdout and "request=kuma" in recent.stdout
     assert "action: chat.confirm" in by_actor.stdout and "run.result" not in by_actor.stdout
     assert bad.code == 1 and "--since 'a week'" in bad.stderr and "'30d'" in bad.stderr
+
+
+async def test_chiffonctl_abort_names_what_is_wrong(context: ServerContext) -> None:
+    async with serve(create_app(context)) as url:
+        unknown = await chiffonctl(url, "abort", "ghost", "--reason", "test")
+
+    assert unknown.code == 1 and "deploymentintent/ghost not found" in unknown.stderr
