@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,10 @@ import pytest
 from chiffon.controllers.intents_writer import IntentsWriter
 from chiffon.controllers.source import GitSource, SourceConfig
 from chiffon.gitrepo import GitRepo, Identity
+from chiffon.settings import Settings
+from chiffon.store import Store
 from tests.helpers import ALICE
+from tests.integration.live import serve
 
 
 @pytest.fixture
@@ -40,3 +44,21 @@ async def source(intents_repo: GitRepo, store, tmp_path: Path) -> GitSource:  # 
 @pytest.fixture
 def writer(source: GitSource) -> IntentsWriter:
     return IntentsWriter(source)
+
+
+@dataclass
+class Served:
+    """The API on a real socket over the test's store: where it listens, and the store behind it."""
+
+    store: Store
+    server: str
+
+
+@pytest.fixture
+async def served(source: GitSource, store: Store, tmp_path: Path) -> AsyncIterator[Served]:
+    from chiffon.api.app import create_app
+    from chiffon.api.context import ServerContext
+
+    context = ServerContext(Settings(home=tmp_path), store, source, IntentsWriter(source))
+    async with serve(create_app(context)) as url:
+        yield Served(store, url)

@@ -9,18 +9,12 @@ intent's playbook and one on another file; the post-mortem is computed from them
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from chiffon.api.app import create_app
-from chiffon.api.context import ServerContext
-from chiffon.controllers.intents_writer import IntentsWriter
 from chiffon.resources import (
     Agent,
     AgentKind,
@@ -34,10 +28,10 @@ from chiffon.resources import (
 from chiffon.resources.messages import AnsibleEvent
 from chiffon.resources.run import ResourceUsage
 from chiffon.resources.yamlio import parse_intents
-from chiffon.settings import Settings
 from chiffon.store import SourceRef, Store
 from tests.helpers import intent_yaml
-from tests.integration.live import chiffonctl, serve
+from tests.integration.conftest import Served
+from tests.integration.live import chiffonctl
 
 PLAYBOOK = "ansible/playbooks/kuma-deployment.yml"
 FAILED_ID = "kuma-00000000000000f1"
@@ -153,26 +147,18 @@ async def seed(store: Store) -> None:
     )
 
 
-@dataclass
-class Lab:
-    store: Store
-    server: str
-
-
 @pytest.fixture
-async def lab(source, store: Store, tmp_path: Path) -> AsyncIterator[Lab]:  # type: ignore[no-untyped-def]
-    await seed(store)
-    context = ServerContext(Settings(home=tmp_path), store, source, IntentsWriter(source))
-    async with serve(create_app(context)) as url:
-        yield Lab(store, url)
+async def lab(served: Served) -> Served:
+    await seed(served.store)
+    return served
 
 
-async def get(lab: Lab, path: str) -> httpx.Response:
+async def get(lab: Served, path: str) -> httpx.Response:
     async with httpx.AsyncClient(base_url=f"{lab.server}/api/v1", timeout=15) as client:
         return await client.get(path)
 
 
-async def test_failed_run_postmortem_has_failure_resources_timeline_and_suggestions(lab: Lab) -> None:
+async def test_failed_run_postmortem_has_failure_resources_timeline_and_suggestions(lab: Served) -> None:
     response = await get(lab, f"/runs/{FAILED_ID}/postmortem")
     assert response.status_code == 200, response.text
     doc = response.json()
@@ -209,7 +195,7 @@ async def test_failed_run_postmortem_has_failure_resources_timeline_and_suggesti
     assert doc["audit"]["href"] == "/api/v1/audit?resource=DeploymentIntent%2Fkuma"
 
 
-async def test_successful_run_gets_a_document_without_failures_and_unknown_run_404(lab: Lab) -> None:
+async def test_successful_run_gets_a_document_without_failures_and_unknown_run_404(lab: Served) -> None:
     done = await get(lab, f"/runs/{LATER_ID}/postmortem")
     missing = await get(lab, "/runs/kuma-nope/postmortem")
 
@@ -225,7 +211,7 @@ async def test_successful_run_gets_a_document_without_failures_and_unknown_run_4
     assert missing.status_code == 404 and "kuma-nope" in missing.json()["detail"]
 
 
-async def test_cli_prints_the_sections_and_intent_picks_the_latest_failed_run(lab: Lab) -> None:
+async def test_cli_prints_the_sections_and_intent_picks_the_latest_failed_run(lab: Served) -> None:
     by_id = await chiffonctl(lab.server, "postmortem", FAILED_ID)
     by_intent = await chiffonctl(lab.server, "postmortem", "intent/kuma", "-o", "json")
     as_yaml = await chiffonctl(lab.server, "postmortem", f"run/{FAILED_ID}", "-o", "yaml")

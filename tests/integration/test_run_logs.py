@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from chiffon.resources.messages import AnsibleEvent
 from chiffon.settings import Settings
 from chiffon.store import Store
 from tests.helpers import intent_yaml
+from tests.integration.conftest import Served
 from tests.integration.live import chiffonctl, finish, serve, start_chiffonctl
 
 RUN_ID = "kuma-0123456789abcdef"
@@ -73,17 +73,9 @@ async def finish_run(store: Store, status: RunStatus, rc: int, error: str | None
     await store.upsert_run(a_run(status, rc=rc, error=error, finished_at=datetime.now(UTC)))
 
 
-@dataclass
-class Lab:
-    store: Store
-    server: str
-
-
 @pytest.fixture
-async def lab(source, store: Store, tmp_path: Path) -> AsyncIterator[Lab]:  # type: ignore[no-untyped-def]
-    context = ServerContext(Settings(home=tmp_path), store, source, IntentsWriter(source))
-    async with serve(create_app(context)) as url:
-        yield Lab(store, url)
+def lab(served: Served) -> Served:
+    return served
 
 
 class Stream:
@@ -115,7 +107,7 @@ class Stream:
 
 
 @pytest.fixture
-async def http(lab: Lab) -> AsyncIterator[httpx.AsyncClient]:
+async def http(lab: Served) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=f"{lab.server}/api/v1", timeout=WAIT) as client:
         yield client
 
@@ -123,7 +115,7 @@ async def http(lab: Lab) -> AsyncIterator[httpx.AsyncClient]:
 # The stream ----------------------------------------------------------------------------------
 
 
-async def test_stream_replays_then_follows_live_and_ends_with_the_final_status(lab: Lab, http) -> None:
+async def test_stream_replays_then_follows_live_and_ends_with_the_final_status(lab: Served, http) -> None:
     await lab.store.upsert_run(a_run(RunStatus.PENDING))
     await lab.store.append_run_events(RUN_ID, [TASK])
     async with http.stream("GET", f"/runs/{RUN_ID}/stream") as response:
@@ -158,7 +150,7 @@ async def test_stream_replays_then_follows_live_and_ends_with_the_final_status(l
         assert await stream.closed()
 
 
-async def test_stream_resumes_after_the_last_event_id(lab: Lab, http) -> None:
+async def test_stream_resumes_after_the_last_event_id(lab: Served, http) -> None:
     await lab.store.upsert_run(a_run())
     await lab.store.append_run_events(RUN_ID, [TASK, CHANGED, QUIET])
     await finish_run(lab.store, RunStatus.SUCCESSFUL, rc=0)
@@ -171,7 +163,7 @@ async def test_stream_resumes_after_the_last_event_id(lab: Lab, http) -> None:
             assert await stream.closed()
 
 
-async def test_stream_of_an_unknown_run_or_with_a_bad_resume_point_is_refused(lab: Lab, http) -> None:
+async def test_stream_of_an_unknown_run_or_with_a_bad_resume_point_is_refused(lab: Served, http) -> None:
     missing = await http.get("/runs/nope/stream")
     assert missing.status_code == 404 and missing.json()["detail"] == "run nope not found"
     await lab.store.upsert_run(a_run())
@@ -185,7 +177,7 @@ async def test_stream_of_an_unknown_run_or_with_a_bad_resume_point_is_refused(la
 # chiffonctl logs -----------------------------------------------------------------------------
 
 
-async def test_logs_prints_the_stored_output_and_the_outcome(lab: Lab) -> None:
+async def test_logs_prints_the_stored_output_and_the_outcome(lab: Served) -> None:
     await lab.store.upsert_run(a_run())
     await lab.store.append_run_events(RUN_ID, [TASK, CHANGED, QUIET, FAILED])
     running = await chiffonctl(lab.server, "logs", RUN_ID)
@@ -203,7 +195,7 @@ async def test_logs_prints_the_stored_output_and_the_outcome(lab: Lab) -> None:
     assert done.stderr.strip() == f"run {RUN_ID} failed (rc 2): start service failed on localhost"
 
 
-async def test_logs_follow_prints_events_as_they_arrive_and_exits_with_the_outcome(lab: Lab) -> None:
+async def test_logs_follow_prints_events_as_they_arrive_and_exits_with_the_outcome(lab: Served) -> None:
     await lab.store.upsert_run(a_run())
     await lab.store.append_run_events(RUN_ID, [TASK])
     process = await start_chiffonctl(lab.server, "logs", RUN_ID, "-f")
@@ -258,7 +250,7 @@ async def test_logs_follow_resumes_where_it_left_off_when_the_server_restarts(
     assert result.stderr.strip().endswith(f"run {RUN_ID} successful (rc 0)")
 
 
-async def test_logs_of_an_intent_follows_its_latest_run(lab: Lab, http) -> None:
+async def test_logs_of_an_intent_follows_its_latest_run(lab: Served, http) -> None:
     applied = await http.post(
         "/intents/apply", json={"files": [{"name": "kuma.yaml", "content": intent_yaml("kuma")}]}
     )
@@ -286,7 +278,7 @@ async def test_logs_of_an_intent_follows_its_latest_run(lab: Lab, http) -> None:
     ],
 )
 async def test_logs_of_something_unknown_is_one_line_and_a_nonzero_exit(
-    lab: Lab, reference: str, code: int, message: str
+    lab: Served, reference: str, code: int, message: str
 ) -> None:
     result = await chiffonctl(lab.server, "logs", reference, "-f")
     assert (result.code, result.stdout) == (code, "")
