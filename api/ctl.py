@@ -414,6 +414,7 @@ def intent_row(item: dict[str, Any], wide: bool) -> list[str]:
     ]
     if wide:
         row += [
+            condition_status(item, "Drifted"),  # present only when True
             short(status.get("observedRevision")),
             status.get("sourcePath") or "-",
             status.get("blockedBy") or "-",
@@ -446,7 +447,7 @@ def get_intents(
             return
         headers = ["NAME", "SERVICE", "STEPS", "GENERATION", "PLANNED", "APPROVED", "READY", "AGE"]
         if output is Output.WIDE:
-            headers += ["REVISION", "SOURCE", "BLOCKED BY"]
+            headers += ["DRIFTED", "REVISION", "SOURCE", "BLOCKED BY"]
         print_table(headers, [intent_row(item, output is Output.WIDE) for item in items])
         return
     print_objects(items, output, single=name is not None)

@@ -31,14 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from chiffon.api.summary import (
-    AUDIT_COUNT_LIMIT,
-    audit_resource,
-    plan_files,
-    playbook_roles,
-    suggestion_row,
-    touches,
-)
+from chiffon.agents.suggestions.relevance import plan_files, playbook_roles, touches
+from chiffon.api.summary import AUDIT_COUNT_LIMIT, audit_resource, suggestion_row
 from chiffon.resources import Agent, AuditEvent, DeploymentIntent, Run
 from chiffon.resources.messages import AnsibleEvent
 from chiffon.store import Store

@@ -15,18 +15,17 @@ be read simply contributes no roles).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from chiffon.agents.suggestions.playbooks import parse_file
+from chiffon.agents.suggestions.relevance import plan_files, playbook_roles, touches
 from chiffon.resources import ConditionStatus, DeploymentIntent, Run, find_condition
 from chiffon.store import Store
 from chiffon.store.records import Suggestion
 
 AUDIT_COUNT_LIMIT = 1000
 RUNS_READ = 200
-ROLE_MODULES = ("include_role", "import_role")
 
 
 def audit_resource(name: str) -> str:
@@ -102,23 +101,6 @@ def outcome(steps: Sequence[Mapping[str, Any]]) -> str:
     return "waiting" if all(status == "not started" for status in statuses) else "running"
 
 
-def plan_files(intent: DeploymentIntent, roles: Iterable[str]) -> tuple[set[str], set[str]]:
-    """(playbook paths, role names) that the intent's plan runs."""
-    plan = intent.status.plan if intent.status else None
-    steps: Sequence[Any] = plan.steps if plan is not None else intent.spec.steps
-    playbooks = {step.playbook for step in steps if step.playbook}
-    names = {step.role.rsplit(".", 1)[-1] for step in steps if step.role}
-    return playbooks, names | set(roles)
-
-
-def touches(path: str, playbooks: set[str], roles: set[str]) -> bool:
-    """Whether a suggestion's file is one of the playbooks or inside one of the roles."""
-    if path in playbooks:
-        return True
-    parts = PurePosixPath(path).parts
-    return any(parts[i] == "roles" and parts[i + 1] in roles for i in range(len(parts) - 1))
-
-
 def suggestion_row(suggestion: Suggestion) -> dict[str, Any]:
     return {
         "id": suggestion.id,
@@ -186,29 +168,6 @@ def summarize(
             "events": audit_events,
         },
     }
-
-
-def playbook_roles(infra_repo: Path | None, playbooks: Iterable[str]) -> set[str]:
-    """Roles the playbooks name in ``roles:`` or through include_role/import_role (best effort)."""
-    found: set[str] = set()
-    if infra_repo is None:
-        return found
-    root = infra_repo.resolve()
-    for playbook in playbooks:
-        path = (root / playbook).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
-            continue
-        try:
-            parsed = parse_file(playbook, path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError):
-            continue
-        for play in parsed.plays if parsed else []:
-            found.update(role.rsplit(".", 1)[-1] for role in play.roles)
-            for task in play.tasks:
-                role = task.arg("name") if (task.short_module or "") in ROLE_MODULES else None
-                if isinstance(role, str):
-                    found.add(role.rsplit(".", 1)[-1])
-    return found
 
 
 async def intent_summary(

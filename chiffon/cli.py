@@ -340,6 +340,19 @@ def notify_loops(settings: Settings, store: Store) -> list[NamedLoop]:
     return [NamedLoop("notify", lambda stop: elector.run(stop, lead))]
 
 
+def suggestion_loop(store: Store, infra: Path) -> NamedLoop:
+    """The quick suggestion scan after runs finish (controllers/suggest.py), one scanner at a time."""
+    from chiffon.controllers.leader import LeaderElector
+    from chiffon.controllers.manager import NamedLoop
+    from chiffon.controllers.suggest import SuggestionScanner
+
+    async def lead(_epoch: int, lost: asyncio.Event) -> None:
+        await SuggestionScanner(store, infra).run(lost)
+
+    elector = LeaderElector(store, name="suggestions", holder=f"{socket.gethostname()}:{os.getpid()}")
+    return NamedLoop("suggestions", lambda stop: elector.run(stop, lead))
+
+
 async def open_message_bus(settings: Settings, *, wait: bool = False) -> Bus:
     from chiffon.bus import BusError, open_bus
 
@@ -425,6 +438,7 @@ async def run_up(settings: Settings) -> None:
         loops = [
             controller_loop(settings, store, bus, source, infra),
             audit_git_loop(settings, store),
+            suggestion_loop(store, infra),
             *notify_loops(settings, store),
             *embedded_agent_loops(settings, bus, infra),
         ]
@@ -459,6 +473,7 @@ async def run_controller(settings: Settings) -> None:
             [
                 controller_loop(settings, store, bus, source, infra),
                 audit_git_loop(settings, store),
+                suggestion_loop(store, infra),
                 *notify_loops(settings, store),
             ]
         )

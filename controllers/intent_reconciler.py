@@ -26,8 +26,10 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 from chiffon.bus import runs_queue
+from chiffon.controllers import drift as drifts
 from chiffon.controllers.faults import AFTER_DISPATCH, crash_point
 from chiffon.controllers.planner import PlanError, Planner, needs_person
 from chiffon.controllers.progress import MAX_ATTEMPTS, Progress, duration_history, progress, retry_at
@@ -41,11 +43,14 @@ from chiffon.resources import (
     ConditionStatus,
     ConditionType,
     DeploymentIntent,
+    DriftChange,
+    DriftStatus,
     IntentStatus,
     Outcome,
     Plan,
     Reason,
     Run,
+    drift_run_id,
     find_condition,
     is_condition_true,
     run_id,
@@ -53,7 +58,7 @@ from chiffon.resources import (
 )
 from chiffon.resources.approval import Decision as ApprovalDecision
 from chiffon.resources.conditions import remove_condition
-from chiffon.resources.intent import ApprovalPolicy
+from chiffon.resources.intent import ApprovalPolicy, DriftMode
 from chiffon.resources.messages import RunRequest, encode_envelope, make_envelope
 from chiffon.resources.run import RunStatus
 from chiffon.store import Store
@@ -191,6 +196,7 @@ class IntentReconciler:
             self.schedule,
             self.dispatch,
             self.observe,
+            self.drift,
         ]
 
     async def reconcile(self, key: str) -> Result:
@@ -288,6 +294,9 @@ class IntentReconciler:
             raise Waiting(error.reason, error.message, PLAN_RETRY_SECONDS) from None
         if previous is None or previous.digest != plan.digest:
             state.status.plan = plan
+            # Drift is measured against the applied plan; a new plan starts afresh once applied.
+            state.status.drift = None
+            state.status.conditions = remove_condition(state.status.conditions, ConditionType.DRIFTED)
             self._audit(
                 state,
                 "plan",
@@ -457,28 +466,31 @@ class IntentReconciler:
             state.plan is not None and current.step_index is not None and state.decision.executor is not None
         )
         run, request = build_run(state, current.step_index, current.attempt, state.decision.executor.id)
-        envelope = make_envelope(request, message_id=run.id, correlation_id=state.intent.metadata.uid)
-        state.dispatch = Dispatch(
-            run,
-            routing_key=runs_queue(state.decision.executor.id),
-            body=encode_envelope(envelope),
-            audit=self._audit_event(
-                state,
-                "dispatch",
-                {
-                    "run": run.id,
-                    "step": run.step,
-                    "attempt": run.attempt,
-                    "agent": run.agent_id,
-                    "epoch": run.epoch,
-                },
-            ),
-        )
+        self._stage_dispatch(state, run, request, state.decision.executor.id)
         # Committed with the status; a run that already exists (a pass repeated after a
         # crash) is found in ``state.runs`` by progress() and never gets here.
         state.runs.append(run)
         state.progress = progress(state.plan, state.generation, state.runs)
         return None
+
+    def _stage_dispatch(self, state: Pass, run: Run, request: RunRequest, agent_id: str) -> None:
+        """Record the run, its message and its audit event for the pass's one transaction."""
+        envelope = make_envelope(request, message_id=run.id, correlation_id=state.intent.metadata.uid)
+        details: dict[str, object] = {
+            "run": run.id,
+            "step": run.step,
+            "attempt": run.attempt,
+            "agent": run.agent_id,
+            "epoch": run.epoch,
+        }
+        if request.check:
+            details["check"] = True
+        state.dispatch = Dispatch(
+            run,
+            routing_key=runs_queue(agent_id),
+            body=encode_envelope(envelope),
+            audit=self._audit_event(state, "dispatch", details),
+        )
 
     async def observe(self, state: Pass) -> Result | None:
         assert state.plan is not None
@@ -495,7 +507,7 @@ class IntentReconciler:
             state.status.blocked_by = None
             if newly:
                 self._audit(state, "applied", {"digest": state.plan.digest})
-            return Result()
+            return None
         running = current.in_flight
         assert running is not None and current.step_index is not None
         total = len(state.plan.steps)
@@ -510,19 +522,183 @@ class IntentReconciler:
         state.status.blocked_by = f"run {running.id} is {running.status.value}: {note}" if note else None
         return Result(requeue_after=RUN_RECHECK_SECONDS)
 
-    def _audit(self, state: Pass, action: str, details: dict[str, object]) -> None:
+    async def drift(self, state: Pass) -> Result | None:
+        """Check the applied plan in check mode every interval; under Heal, apply it again once approved."""
+        assert state.plan is not None
+        settings = state.intent.spec.drift_detection
+        if settings.mode is DriftMode.OFF:
+            state.status.drift = None
+            state.status.conditions = remove_condition(state.status.conditions, ConditionType.DRIFTED)
+            return Result()
+        record = drifts.current(state.status.drift, state.plan.digest)
+        state.status.drift = record
+        if record.heal_digest is not None:
+            return await self._heal(state, record)
+        if record.round and record.checked_at is None:
+            return await self._check_round(state, record)
+        ready = find_condition(state.status.conditions, ConditionType.READY)
+        ready_since = ready.last_transition_time if ready else state.now
+        due = drifts.due_at(record, ready_since, drifts.interval_of(settings))
+        if state.now < due:
+            return Result(requeue_after=(due - state.now).total_seconds())
+        started = record.model_copy(
+            update={"round": record.round + 1, "started_at": state.now, "checked_at": None, "error": None}
+        )
+        state.status.drift = started
+        return await self._check_round(state, started)
+
+    async def _check_round(self, state: Pass, record: DriftStatus) -> Result:
+        assert state.plan is not None
+        found = drifts.round_state(
+            state.plan, state.name, state.generation, state.runs, record.round, heal=False
+        )
+        if found.in_flight is not None:
+            return Result(requeue_after=RUN_RECHECK_SECONDS)
+        if found.next_step is not None:
+            return await self._dispatch_drift_run(state, record, found.next_step, heal=False)
+        interval = drifts.interval_of(state.intent.spec.drift_detection).total_seconds()
+        if found.failed is not None:
+            error = f"drift check {record.round} could not finish: {_run_words(found.failed)}"
+            state.status.drift = record.model_copy(update={"checked_at": state.now, "error": error})
+            details = {"round": record.round, "run": found.failed.id, "message": error}
+            self._audit(state, "drift.check", details, Outcome.FAILURE)
+            return Result(requeue_after=interval)
+        changed = drifts.changed_runs(found.runs)
+        events = {run.id: await self.store.list_run_events(run.id) for run in changed}
+        self._finish_check(state, record, found.runs, drifts.changes_of(changed, events))
+        finished = state.status.drift
+        if finished is not None and finished.heal_digest is not None:
+            return await self._heal(state, finished)
+        return Result(requeue_after=interval)
+
+    def _finish_check(
+        self, state: Pass, record: DriftStatus, runs: list[Run], changes: list[DriftChange]
+    ) -> None:
+        assert state.plan is not None
+        heal = state.intent.spec.drift_detection.mode is DriftMode.HEAL and bool(changes)
+        state.status.drift = record.model_copy(
+            update={
+                "checked_at": state.now,
+                "drifted": bool(changes),
+                "changes": changes,
+                "runs": [run.id for run in runs],
+                "heal_digest": drifts.heal_digest(state.plan.digest, record.round) if heal else None,
+            }
+        )
+        details: dict[str, object] = {"round": record.round, "runs": [run.id for run in runs]}
+        if not changes:
+            state.status.conditions = remove_condition(state.status.conditions, ConditionType.DRIFTED)
+            if record.drifted:
+                details["message"] = f"Drift check {record.round} found no changes: the drift is gone."
+                self._audit(state, "drift", details)
+            return
+        message = drifts.describe(changes, record.round)
+        state.condition(ConditionType.DRIFTED, ConditionStatus.TRUE, Reason.CHANGES_FOUND, message)
+        if changes != record.changes or not record.drifted:
+            details |= {
+                "message": message,
+                "changes": [f"{c.task or c.step}@{c.host or '?'}" for c in changes],
+                "mode": state.intent.spec.drift_detection.mode.value,
+            }
+            heal_digest = state.status.drift.heal_digest
+            if heal_digest:
+                details["healDigest"] = heal_digest
+                details["message"] = (
+                    f"{message} Heal it: chiffonctl approve {state.name} --plan {heal_digest[:12]}"
+                )
+            self._audit(state, "drift", details, Outcome.FAILURE)
+
+    async def _heal(self, state: Pass, record: DriftStatus) -> Result:
+        assert state.plan is not None and record.heal_digest is not None
+        digest = record.heal_digest
+        if record.error:  # a heal run failed: only a person (or a new plan) moves it on
+            state.status.blocked_by = f"drift not healed: {record.error}"
+            return Result()
+        verdict = await self._heal_verdict(state, digest)
+        if verdict is not None:
+            state.status.blocked_by = verdict
+            return Result(requeue_after=APPROVAL_RECHECK_SECONDS)
+        found = drifts.round_state(
+            state.plan, state.name, state.generation, state.runs, record.round, heal=True
+        )
+        if found.in_flight is not None:
+            return Result(requeue_after=RUN_RECHECK_SECONDS)
+        if found.failed is not None:
+            error = f"heal of drift round {record.round} failed: {_run_words(found.failed)}"
+            state.status.drift = record.model_copy(update={"error": error})
+            state.status.blocked_by = f"drift not healed: {error}"
+            details = {"round": record.round, "run": found.failed.id, "message": error}
+            self._audit(state, "heal", details, Outcome.FAILURE)
+            return Result()
+        if found.next_step is not None:
+            return await self._dispatch_drift_run(state, record, found.next_step, heal=True)
+        state.status.drift = record.model_copy(
+            update={"heal_digest": None, "drifted": False, "changes": [], "checked_at": state.now}
+        )
+        state.status.conditions = remove_condition(state.status.conditions, ConditionType.DRIFTED)
+        state.status.blocked_by = None
+        self._audit(
+            state,
+            "heal",
+            {"round": record.round, "digest": digest, "runs": [run.id for run in found.runs]},
+        )
+        return Result(requeue_after=drifts.interval_of(state.intent.spec.drift_detection).total_seconds())
+
+    async def _heal_verdict(self, state: Pass, digest: str) -> str | None:
+        """None when the heal may run; otherwise what holds it, in words for ``blocked_by``."""
+        assert state.plan is not None
+        approvals = await state.reads.approvals(state.name)
+        decided = next((a for a in approvals if a.digest == digest), None)
+        if decided is not None and decided.decision is ApprovalDecision.REJECTED:
+            return (
+                f"drift found; healing it was rejected by {decided.actor}: "
+                f"{decided.reason or 'no reason given'}"
+            )
+        if decided is not None:
+            return None
+        if state.intent.spec.approval is ApprovalPolicy.AUTO and not needs_person(state.plan):
+            return None
+        return f"drift found; heal it with chiffonctl approve {state.name} --plan {digest[:12]}"
+
+    async def _dispatch_drift_run(
+        self, state: Pass, record: DriftStatus, index: int, *, heal: bool
+    ) -> Result:
+        """Start step ``index`` of a check (or heal) round on an agent with room for it."""
+        decision = choose(
+            await state.reads.agents(), state.intent.spec.resources, state.intent.spec.placement, state.now
+        )
+        key = intent_key(state.name)
+        if decision.executor is None:
+            self.waiting_for_capacity.setdefault(key, None)
+            what = "heal" if heal else "drift check"
+            state.status.blocked_by = f"{what} waiting for capacity: {decision.message}"
+            return Result(requeue_after=CAPACITY_RECHECK_SECONDS)
+        self.waiting_for_capacity.pop(key, None)
+        if not heal:
+            state.status.blocked_by = None
+        run, request = build_run(
+            state, index, record.round, decision.executor.id, drift=("heal" if heal else "check")
+        )
+        self._stage_dispatch(state, run, request, decision.executor.id)
+        return Result(requeue_after=RUN_RECHECK_SECONDS)
+
+    def _audit(
+        self, state: Pass, action: str, details: dict[str, object], outcome: Outcome | None = None
+    ) -> None:
         """Record an audit event, committed with the pass's status."""
-        state.audits.append(self._audit_event(state, action, details))
+        state.audits.append(self._audit_event(state, action, details, outcome))
 
     @staticmethod
-    def _audit_event(state: Pass, action: str, details: dict[str, object]) -> AuditEvent:
+    def _audit_event(
+        state: Pass, action: str, details: dict[str, object], outcome: Outcome | None = None
+    ) -> AuditEvent:
         return AuditEvent(
             time=state.now,
             actor=CONTROLLER_ACTOR,
             action=action,
             resource=f"{KIND_PREFIX}{state.name}",
             service=state.intent.service,
-            outcome=Outcome.INFO if action in {"pause", "resume"} else Outcome.SUCCESS,
+            outcome=outcome or (Outcome.INFO if action in {"pause", "resume"} else Outcome.SUCCESS),
             revision=state.status.source_revision,
             details=details,
         )
@@ -569,12 +745,23 @@ def current_progress(state: Pass) -> Progress:
     return progress(state.plan, state.generation, state.runs)
 
 
-def build_run(state: Pass, index: int, attempt: int, agent_id: str) -> tuple[Run, RunRequest]:
-    """The run row and the request that starts it; both keyed by the deterministic run id."""
+def build_run(
+    state: Pass, index: int, attempt: int, agent_id: str, *, drift: Literal["check", "heal"] | None = None
+) -> tuple[Run, RunRequest]:
+    """The run row and the request that starts it; both keyed by the deterministic run id.
+
+    ``drift`` makes it a drift check (``--check --diff``) or a heal run of round ``attempt``.
+    """
     assert state.plan is not None
     step = state.plan.steps[index]
     spec = state.intent.spec
-    identifier = run_id(state.name, state.generation, state.plan.digest, step.name, attempt)
+    if drift is None:
+        identifier = run_id(state.name, state.generation, state.plan.digest, step.name, attempt)
+    else:
+        identifier = drift_run_id(
+            state.name, state.generation, state.plan.digest, step.name, attempt, heal=drift == "heal"
+        )
+    check = drift == "check"
     run = Run(
         id=identifier,
         intent=state.name,
@@ -585,6 +772,7 @@ def build_run(state: Pass, index: int, attempt: int, agent_id: str) -> tuple[Run
         attempt=attempt,
         epoch=state.epoch,
         agent_id=agent_id,
+        check_mode=check,
         status=RunStatus.PENDING,
         created_at=state.now,
     )
@@ -606,6 +794,8 @@ def build_run(state: Pass, index: int, attempt: int, agent_id: str) -> tuple[Run
         extra_vars={**spec.vars, **step.vars},
         timeout_seconds=RUN_TIMEOUT_SECONDS,
         agent_id=agent_id,
+        check=check,
+        diff=check,
     )
     return run, request
 
@@ -659,3 +849,9 @@ def _set_progress_conditions(state: Pass, ready: Condition | None) -> None:
         state.condition(ConditionType.RECONCILING, ConditionStatus.TRUE, Reason.APPLYING, ready.message)
     else:
         state.status.conditions = remove_condition(state.status.conditions, ConditionType.RECONCILING)
+
+
+def _run_words(run: Run) -> str:
+    """ "run X of step Y failed: error" for a drift check or heal that did not succeed."""
+    error = f": {run.error}" if run.error else ""
+    return f"run {run.id} of step {run.step} {run.status.value}{error}"

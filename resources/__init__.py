@@ -23,14 +23,16 @@ from chiffon.resources.intent import (
     ApprovalPolicy,
     DeploymentIntent,
     DeploymentIntentSpec,
+    DriftChange,
     DriftMode,
+    DriftStatus,
     IntentStatus,
     Priority,
     Step,
 )
 from chiffon.resources.meta import ObjectMeta
 from chiffon.resources.plan import Plan, PlannedStep, Risk
-from chiffon.resources.run import Run, RunStatus, run_id
+from chiffon.resources.run import Run, RunStatus, drift_run_id, run_id
 from chiffon.resources.source import FileError, SourceStatus
 
 __all__ = [
@@ -47,7 +49,9 @@ __all__ = [
     "Decision",
     "DeploymentIntent",
     "DeploymentIntentSpec",
+    "DriftChange",
     "DriftMode",
+    "DriftStatus",
     "FileError",
     "GpuInfo",
     "IntentStatus",
@@ -63,6 +67,7 @@ __all__ = [
     "RunStatus",
     "SourceStatus",
     "Step",
+    "drift_run_id",
     "find_condition",
     "initial_conditions",
     "is_condition_true",

@@ -70,6 +70,8 @@ class Reason:
     APPLY_FAILED = "ApplyFailed"
     PAUSED = "Paused"
     SUSPENDED = "Suspended"
+    # Drifted (present only when True)
+    CHANGES_FOUND = "ChangesFound"
 
 
 class Condition(Model):
@@ -102,11 +104,7 @@ def set_condition(
 ) -> list[Condition]:
     """Return a new list with ``condition_type`` set; order of the others is kept."""
     previous = find_condition(conditions, condition_type)
-    transition = (
-        previous.last_transition_time
-        if previous is not None and previous.status == status
-        else now
-    )
+    transition = previous.last_transition_time if previous is not None and previous.status == status else now
     updated = Condition(
         type=condition_type,
         status=status,
@@ -124,9 +122,7 @@ def remove_condition(conditions: Sequence[Condition], condition_type: str) -> li
     return [c for c in conditions if c.type != condition_type]
 
 
-def initial_conditions(
-    *, now: datetime, observed_generation: int | None = None
-) -> list[Condition]:
+def initial_conditions(*, now: datetime, observed_generation: int | None = None) -> list[Condition]:
     """Every intent condition set to Unknown, as on a reconciler's first visit."""
     conditions: list[Condition] = []
     for condition_type in INTENT_CONDITION_TYPES:

@@ -156,6 +156,39 @@ class RunSummary(Model):
     finished_at: datetime | None = None
 
 
+MAX_DRIFT_CHANGES = 20
+MAX_DIFF_CHARS = 4096
+
+
+class DriftChange(Model):
+    """One task a check-mode run says would change something, with its ``--diff`` output."""
+
+    step: str
+    task: str | None = None
+    host: str | None = None
+    diff: str = Field(default="", max_length=MAX_DIFF_CHARS)
+
+
+class DriftStatus(Model):
+    """Where drift detection stands for the applied plan (DESIGN §3, ``drift``).
+
+    ``round`` counts the check rounds run against ``digest``; a round runs every step in
+    check mode, one after the other. ``checked_at`` is unset while a round is under way.
+    Under ``mode: Heal`` a round that found changes sets ``heal_digest``: the digest an
+    approval must name before the plan is applied again (Auto intents approve it themselves).
+    """
+
+    digest: str
+    round: int = Field(default=0, ge=0)
+    started_at: datetime | None = None
+    checked_at: datetime | None = None
+    drifted: bool = False
+    changes: list[DriftChange] = Field(default_factory=list, max_length=MAX_DRIFT_CHANGES)
+    runs: list[str] = Field(default_factory=list, description="the check runs of the latest round")
+    error: str | None = None
+    heal_digest: str | None = None
+
+
 class IntentStatus(Model):
     observed_generation: int | None = None
     observed_revision: str | None = None
@@ -164,6 +197,7 @@ class IntentStatus(Model):
     last_applied_digest: str | None = None
     last_run: RunSummary | None = None
     blocked_by: str | None = None
+    drift: DriftStatus | None = None
     # Read from the store's record of the git source, never written as status:
     source_path: str | None = Field(default=None, description="file in the intents repo that declares it")
     source_revision: str | None = Field(default=None, description="commit in which the file last changed")

@@ -43,6 +43,17 @@ def run_id(intent: str, generation: int, plan_digest: str, step: str, attempt: i
     return f"{intent[:40]}-{hashlib.sha256(material).hexdigest()[:16]}"
 
 
+def drift_run_id(
+    intent: str, generation: int, plan_digest: str, step: str, round_: int, *, heal: bool
+) -> str:
+    """The run id of a drift check (``heal=False``) or heal run of ``step`` in drift round ``round_``.
+
+    Deterministic like :func:`run_id` and never equal to one: a repeated pass finds the
+    run it already dispatched instead of starting a second check.
+    """
+    return run_id(intent, generation, plan_digest, f"{step}\x00{'heal' if heal else 'check'}", round_)
+
+
 class HostStats(Model):
     ok: int = 0
     changed: int = 0
@@ -77,3 +88,10 @@ class Run(Model):
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+    @property
+    def heals_drift(self) -> bool:
+        """Whether this run applied its plan again to heal drift (its id says so), not a step's attempt."""
+        return not self.check_mode and self.id == drift_run_id(
+            self.intent, self.generation, self.plan_digest, self.step, self.attempt, heal=True
+        )

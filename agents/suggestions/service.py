@@ -6,7 +6,10 @@ never touched — and examined three ways: ansible-lint (:mod:`.lint`), our
 static checks (:mod:`.static`) and the stored runs (:mod:`.runs`). Each
 finding is stored once per fingerprint (the store dedupes), so a rescan adds
 only what is new. An open or accepted lint/static suggestion that a scan no
-longer finds was fixed meanwhile: it becomes ``implemented``.
+longer finds was fixed meanwhile: it becomes ``implemented``; so does a failed
+step's suggestion once the step succeeds (and it opens again if the same
+failure comes back). The controller scans by itself after runs finish
+(:mod:`chiffon.controllers.suggest`).
 
 **Accept.** In a fresh worktree at ``HEAD`` the suggestion's patch is
 checked with ``git apply --check``; if the file moved on since the scan, the
@@ -37,7 +40,7 @@ from chiffon.agents.suggestions import fixers, lint, runs, static
 from chiffon.agents.suggestions.findings import LINT, STATIC, Finding, split_category, with_fingerprints
 from chiffon.agents.suggestions.playbooks import load_repo
 from chiffon.gitrepo import GitError, GitRepo, Identity, run_git
-from chiffon.resources import AuditEvent, Outcome, Run
+from chiffon.resources import AuditEvent, Outcome, Run, RunStatus
 from chiffon.resources.messages import AnsibleEvent
 from chiffon.store import Store
 from chiffon.store.records import Suggestion
@@ -57,6 +60,7 @@ __all__ = [
 
 DEFAULT_BRANCH_PREFIX = "chiffon/suggestion-"
 RUN_HISTORY = 500
+FAILED = "run-failed"
 _BRANCH = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/-]{1,200}(?<![./])(?<!\.lock)$")
 _LOCKS: dict[Path, asyncio.Lock] = {}
 
@@ -149,12 +153,13 @@ async def _lint_findings(
 
 async def _run_findings(store: Store, tree: Path, repo_files: Any) -> list[Finding]:
     history = await store.list_runs(limit=RUN_HISTORY)
-    groups = runs.repeated_runs(history)
-    if not groups:
+    repeats = [run for group in runs.repeated_runs(history).values() for run in group[1:]]
+    failures = [run for run in history if run.status in (RunStatus.FAILED, RunStatus.TIMEOUT)]
+    wanted = {run.id: run for run in [*repeats, *failures]}
+    if not wanted:
         return []
-    wanted = [run for group in groups.values() for run in group[1:]]
-    events: dict[str, list[AnsibleEvent]] = {run.id: await store.list_run_events(run.id) for run in wanted}
-    intents = await store.get_intents({run.intent for run in wanted})
+    events: dict[str, list[AnsibleEvent]] = {run_id: await store.list_run_events(run_id) for run_id in wanted}
+    intents = await store.get_intents({run.intent for run in wanted.values()})
     playbooks: dict[tuple[str, str], str | None] = {}
     for name, intent in intents.items():
         plan = intent.status.plan if intent.status else None
@@ -166,11 +171,15 @@ async def _run_findings(store: Store, tree: Path, repo_files: Any) -> list[Findi
     def playbook_of(run: Run) -> str | None:
         return playbooks.get((run.intent, run.step))
 
-    return runs.not_idempotent(history, events, repo_files, playbook_of)
+    return runs.not_idempotent(history, events, repo_files, playbook_of) + runs.failed_steps(
+        history, events, repo_files, playbook_of
+    )
 
 
-async def _all_findings(store: Store | None, tree: Path, time_limit: float) -> list[Finding]:
-    _, lint_found = await _lint_findings(tree, (), time_limit)
+async def _all_findings(
+    store: Store | None, tree: Path, time_limit: float, *, lint: bool = True
+) -> list[Finding]:
+    lint_found = (await _lint_findings(tree, (), time_limit))[1] if lint else []
     repo_files = await asyncio.to_thread(load_repo, tree)
     found = lint_found + static.check_repo(repo_files)
     if store is not None:
@@ -222,12 +231,16 @@ async def _checkout(root: Path) -> AsyncIterator[tuple[Path, str | None]]:
 # Scan -------------------------------------------------------------------------------------------
 
 
-async def scan(store: Store, infra_root: Path, *, lint_timeout: float = 300) -> ScanResult:
-    """Find, store and reconcile the suggestions for the committed state of ``infra_root``."""
+async def scan(store: Store, infra_root: Path, *, lint_timeout: float = 300, lint: bool = True) -> ScanResult:
+    """Find, store and reconcile the suggestions for the committed state of ``infra_root``.
+
+    ``lint=False`` skips ansible-lint (tens of seconds on a real repo) and leaves its
+    suggestions as they are: the quick scan the controller runs after every batch of runs.
+    """
     if not infra_root.is_dir():
         raise SuggestionError(f"the homelab-infra repo {infra_root} does not exist")
     async with _lock(infra_root), _checkout(infra_root) as (tree, revision):
-        found = await _all_findings(store, tree, lint_timeout)
+        found = await _all_findings(store, tree, lint_timeout, lint=lint)
         before = {s.fingerprint: s for s in await store.list_suggestions()}
         for finding in found:
             await store.add_suggestion(
@@ -241,13 +254,14 @@ async def scan(store: Store, infra_root: Path, *, lint_timeout: float = 300) -> 
         seen = {f.fingerprint for f in found}
         implemented = 0
         for suggestion in before.values():
-            source, _ = split_category(suggestion.category)
-            if (
-                suggestion.status in ("open", "accepted")
-                and source in (LINT, STATIC)
-                and suggestion.fingerprint not in seen
-            ):
+            source, rule = split_category(suggestion.category)
+            gone = suggestion.fingerprint not in seen
+            fixable = (source == LINT and lint) or source == STATIC or rule == FAILED
+            if suggestion.status in ("open", "accepted") and gone and fixable:
                 implemented += await store.set_suggestion_status(suggestion.id, "implemented")
+            elif suggestion.status == "implemented" and not gone and rule == FAILED:
+                # The same failure came back: its suggestion is worth reading again.
+                await store.set_suggestion_status(suggestion.id, "open")
         by_source: dict[str, int] = {}
         for finding in found:
             by_source[finding.source] = by_source.get(finding.source, 0) + 1

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
 from chiffon.api.deps import ActorDep, ApproverDep, StoreDep
-from chiffon.resources import Approval, AuditEvent, Decision, Outcome
+from chiffon.resources import Approval, AuditEvent, Decision, IntentStatus, Outcome
 
 router = APIRouter(prefix="/intents", tags=["approvals"], dependencies=[ApproverDep])
 
@@ -41,18 +41,10 @@ async def decide(
             status.HTTP_409_CONFLICT,
             detail=f"deploymentintent/{name} has no plan yet; see `chiffonctl describe intent {name}`",
         )
-    if body.plan is not None and not plan.digest.startswith(body.plan):
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            detail=(
-                f"plan {body.plan[:12]} is stale: the current plan of deploymentintent/{name} is "
-                f"{plan.digest[:12]}. Review it with `chiffonctl describe intent {name}`, "
-                "then approve that one"
-            ),
-        )
+    digest = _decided_digest(name, intent.status, body.plan)
     now = datetime.now(UTC)
     approval = Approval(
-        intent=name, digest=plan.digest, decision=decision, actor=actor, reason=body.reason, created_at=now
+        intent=name, digest=digest, decision=decision, actor=actor, reason=body.reason, created_at=now
     )
     await store.record_approval(approval)
     await store.record_audit(
@@ -63,10 +55,33 @@ async def decide(
             resource=f"DeploymentIntent/{name}",
             service=intent.service,
             outcome=Outcome.SUCCESS,
-            details={"digest": plan.digest, "reason": body.reason},
+            details={"digest": digest, "reason": body.reason, "heal": digest != plan.digest},
         )
     )
     return approval.to_wire()
+
+
+def _decided_digest(name: str, status_: IntentStatus | None, wanted: str | None) -> str:
+    """The digest a decision binds to: the one named, else the pending heal of a drifted,
+    applied plan, else the current plan. A name that matches neither is stale (409)."""
+    assert status_ is not None and status_.plan is not None
+    plan = status_.plan.digest
+    drift = status_.drift
+    heal = drift.heal_digest if drift is not None and drift.digest == plan else None
+    if wanted is None:
+        return heal if heal and status_.last_applied_digest == plan else plan
+    for candidate in (plan, heal):
+        if candidate and candidate.startswith(wanted):
+            return candidate
+    pending = f" (or the drift heal {heal[:12]})" if heal else ""
+    raise HTTPException(
+        status.HTTP_409_CONFLICT,
+        detail=(
+            f"plan {wanted[:12]} is stale: the current plan of deploymentintent/{name} is "
+            f"{plan[:12]}{pending}. Review it with `chiffonctl describe intent {name}`, "
+            "then approve that one"
+        ),
+    )
 
 
 @router.post("/{name}/approve")

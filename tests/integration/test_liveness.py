@@ -41,7 +41,7 @@ from chiffon.resources.messages import (
 )
 from chiffon.resources.yamlio import parse_intents
 from chiffon.store import SourceRef, Store
-from tests.integration.test_reconciler import Clock, FakeDelivery
+from tests.integration.reconcile_world import Clock, FakeDelivery
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from chiffon.api.summary import latest_per_step, outcome, playbook_roles, summarize, touches
+from chiffon.agents.suggestions.relevance import playbook_roles, touches, with_dependencies
+from chiffon.api.summary import latest_per_step, outcome, summarize
 from chiffon.resources import (
     Condition,
     ConditionStatus,
@@ -176,5 +177,20 @@ def test_summary_while_the_second_step_has_not_started() -> None:
 
 def test_roles_named_by_the_example_playbooks() -> None:
     infra = ROOT / "examples/homelab-infra"
-    assert "uptime_kuma" in playbook_roles(infra, ["ansible/playbooks/kuma-deployment.yml"])
+    # uptime_kuma depends on common (meta/main.yml): common's tasks run too, so they concern the intent.
+    assert playbook_roles(infra, ["ansible/playbooks/kuma-deployment.yml"]) == {"uptime_kuma", "common"}
     assert playbook_roles(infra, ["../../etc/passwd", "ansible/playbooks/missing.yml"]) == set()
+
+
+def test_role_dependencies_are_followed_through_cycles_and_bad_meta(tmp_path: Path) -> None:
+    roles = tmp_path / "roles"
+    for name, meta in {
+        "a": "dependencies: [b, {role: ns.coll.c}]\n",
+        "b": "dependencies:\n  - name: a\n",  # a cycle
+        "c": "dependencies: {not: a list}\n",
+        "d": "{{ not yaml\n",
+    }.items():
+        (roles / name / "meta").mkdir(parents=True)
+        (roles / name / "meta" / "main.yml").write_text(meta)
+    assert with_dependencies(tmp_path, {"a"}, [roles]) == {"a", "b", "c"}
+    assert with_dependencies(tmp_path, {"d", "missing"}, [roles]) == {"d", "missing"}

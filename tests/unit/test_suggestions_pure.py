@@ -11,8 +11,8 @@ from chiffon.agents.suggestions import fixers, static
 from chiffon.agents.suggestions.findings import Finding, with_fingerprints
 from chiffon.agents.suggestions.lint import LintError, parse_codeclimate
 from chiffon.agents.suggestions.playbooks import RepoFiles, parse_file
-from chiffon.agents.suggestions.runs import not_idempotent
-from chiffon.resources import Run, RunStatus
+from chiffon.agents.suggestions.runs import GENERIC_HINT, failed_steps, failure_hint, not_idempotent
+from chiffon.resources import Run, RunStatus, drift_run_id
 from chiffon.resources.messages import AnsibleEvent
 
 
@@ -287,6 +287,61 @@ def test_not_idempotent(runs: list[Run], events: dict[str, list[AnsibleEvent]], 
     for finding in found:
         assert finding.file == "roles/kuma/tasks/main.yml" and finding.line == 1
         assert "not idempotent" in finding.reasoning
+
+
+def test_a_heal_run_is_no_repeat_of_its_step() -> None:
+    first = run("kuma-1", minutes=0)
+    heal_id = drift_run_id("kuma", 1, "d1", "deploy", 1, heal=True)
+    heal = first.model_copy(update={"id": heal_id, "finished_at": first.finished_at + timedelta(hours=1)})
+    assert heal.heals_drift and not first.heals_drift
+    assert not_idempotent([first, heal], {heal_id: [changed(1, "Render file")]}, repo_of(ROLE)) == []
+
+
+def failed(seq: int, task: str, output: str, status: str = "failed") -> AnsibleEvent:
+    return AnsibleEvent(
+        seq=seq,
+        event="runner_on_failed",
+        task=task,
+        host="localhost",
+        status=status,
+        output=output,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        ("The task includes an option with an undefined variable. 'kuma_port' is undefined", "not defined"),
+        ("UNREACHABLE! Failed to connect to the host via ssh", "could not reach"),
+        ("[Errno 13] Permission denied: '/mnt/user/appdata'", "become: true"),
+        ("Could not find or access 'monitors.yml.j2'", "file or path the task needs is missing"),
+        ("couldn't resolve module/action 'community.docker.docker_compose_v2'", "collection is missing"),
+        ("something nobody has seen", GENERIC_HINT),
+    ],
+)
+def test_failure_hints_say_what_a_message_usually_means(message: str, says: str) -> None:
+    assert says in failure_hint(message)
+
+
+def test_a_step_whose_newest_run_failed_gets_one_finding_until_it_succeeds() -> None:
+    broken = run("b", minutes=5, status=RunStatus.FAILED)
+    events = {"b": [changed(1, "Render file", "ok"), failed(2, "kuma : Render file", "Permission denied")]}
+    [finding] = failed_steps([run("a", minutes=0), broken], events, repo_of(ROLE), lambda _run: "kuma.yml")
+    assert (finding.rule, finding.file, finding.line) == ("run-failed", "roles/kuma/tasks/main.yml", 1)
+    assert "Step deploy of kuma failed at task 'Render file' on localhost (run b)" in finding.reasoning
+    assert "become: true" in finding.reasoning and "chiffonctl postmortem b" in finding.reasoning
+    # A retry failing the same way is the same suggestion; a later success closes it.
+    retry = run("c", minutes=9, status=RunStatus.FAILED)
+    [again] = failed_steps([broken, retry], events | {"c": events["b"]}, repo_of(ROLE))
+    assert again.key == finding.key
+    assert failed_steps([broken, run("d", minutes=12)], events, repo_of(ROLE)) == []
+    # Check-mode runs never count; a failure without events still says what the run said.
+    assert failed_steps([run("e", minutes=1, check=True, status=RunStatus.FAILED)], {}, repo_of(ROLE)) == []
+    lost = run("f", minutes=1, status=RunStatus.TIMEOUT).model_copy(
+        update={"error": "run timed out after 3600s"}
+    )
+    [timed_out] = failed_steps([lost], {}, repo_of(ROLE), lambda _run: "kuma.yml")
+    assert timed_out.file == "kuma.yml" and "timed out at the run" in timed_out.reasoning
 
 
 def finding(line: int, key: str = "Render file") -> Finding:
