@@ -4,7 +4,8 @@ The archetypal request goes through a real ``chiffon up`` (embedded default,
 offline compiler, the bundled example): the proposal shows a two-step plan
 with both Kuma playbooks, ``--yes --approve`` commits and approves it, the
 runs' output streams, and the command ends on the summary with the audit
-link. Then a modification makes a new generation, an unknown service is
+link. The audit by service ends with the suggestions the controller made after
+the runs. Then a modification makes a new generation, an unknown service is
 refused with the closest matches, and the audit holds the chat decisions.
 """
 
@@ -53,23 +54,28 @@ def test_chat_from_request_to_summary(chiffon: Chiffon) -> None:
     item = chiffon.ctl("get", "intents", "uptime-kuma", "-o", "json").json()
     assert item["metadata"]["generation"] == 2 and item["spec"]["vars"] == {"kuma_port": 3002}
 
-    refused = chiffon.ctl("chat", "install pihole", "--yes")
+    refused = chiffon.ctl("chat", "deploy a minecraft server", "--yes")
     assert refused.code == 1
-    assert 'nothing in homelab-infra matches "install pihole"' in refused.stderr
+    assert 'nothing in homelab-infra matches "deploy a minecraft server"' in refused.stderr
 
     not_asked = chiffon.ctl("chat", "deploy ollama on the gpu desktop")  # no --yes, no terminal
     assert not_asked.code == 1 and "pass --yes" in not_asked.stderr
     assert chiffon.ctl("get", "intents", "ollama").code == 1  # nothing committed
 
-    # The whole story by service: the request, the plan, the approval, both runs and their results.
-    audit = chiffon.ctl("audit", "--service", "uptime-kuma", "--limit", "500", "-o", "json")
-    assert audit.code == 0, audit.stderr
-    actions = [event["action"] for event in audit.json()["items"]]
+    # The whole story by service: the request, the plan, the approval, both runs and their results,
+    # and the suggestions the scan after the runs made about the files they ran.
+    def story() -> list[str] | None:
+        audit = chiffon.ctl("audit", "--service", "uptime-kuma", "--limit", "500", "-o", "json")
+        assert audit.code == 0, audit.stderr
+        found = [event["action"] for event in audit.json()["items"]]
+        return found if "suggestion" in found else None
+
+    actions = chiffon.wait_for(story, "the suggestions to be audited under uptime-kuma")
     assert {"chat.propose", "chat.confirm", "plan", "approve", "dispatch"} <= set(actions), actions
     assert actions.count("run.result") == 2 and actions.count("dispatch") == 2, actions
     # ...and in the audit git repo, one commit per event, signed off by whoever acted.
     log = chiffon.wait_for(
-        lambda: (lambda text: text if "run.result" in text else None)(
+        lambda: (lambda text: text if "run.result" in text and "suggestion Suggestion/" in text else None)(
             subprocess.run(
                 ["git", "-C", str(chiffon.home / "audit"), "log", "--format=%s%n%b"],
                 capture_output=True,
@@ -80,4 +86,5 @@ def test_chat_from_request_to_summary(chiffon: Chiffon) -> None:
         "the audit repo to hold the run results",
     )
     assert "chat.confirm DeploymentIntent/uptime-kuma: success" in log
+    assert "suggestion Suggestion/" in log
     assert "Signed-off-by: Erin Tester <erin@example.com>" in log

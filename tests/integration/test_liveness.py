@@ -227,7 +227,7 @@ async def test_a_run_lost_with_its_agent_goes_unknown_then_failed_and_the_step_i
     assert second.id == run_id("kuma", run.generation, run.plan_digest, "deploy", 2) != run.id
     await world.accept(second.id, "infra-2")
     await world.result(second.id, agent_id="infra-2")
-    assert await world.reconcile() == Result()
+    assert await world.reconcile() == Result(requeue_after=3600.0)  # the first drift check
     assert (await world.ready())[:2] == ("True", "Applied")
 
 
