@@ -531,6 +531,8 @@ class IntentReconciler:
             state.status.conditions = remove_condition(state.status.conditions, ConditionType.DRIFTED)
             return Result()
         record = drifts.current(state.status.drift, state.plan.digest)
+        if record.heal_digest is not None and settings.mode is not DriftMode.HEAL:
+            record = record.model_copy(update={"heal_digest": None, "error": None})  # Heal was turned off
         state.status.drift = record
         if record.heal_digest is not None:
             return await self._heal(state, record)

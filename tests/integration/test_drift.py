@@ -272,3 +272,17 @@ async def test_approve_without_a_digest_names_the_pending_heal_and_a_wrong_one_i
     with pytest.raises(HTTPException) as stale:
         _decided_digest("kuma", kuma.status, "abcdef12")
     assert stale.value.status_code == 409 and f"drift heal {heal[:12]}" in str(stale.value.detail)
+
+
+async def test_turning_heal_off_drops_the_pending_heal_but_keeps_reporting(world: World) -> None:
+    await applied(world, drifting(mode="Heal", approval="Manual"))
+    await later(world)
+    await world.reconcile("kuma")
+    seen = await check_round(world, 2, changed_in_step=1)
+    assert (await drift_of(world)).heal_digest is not None
+    await world.put(drifting(mode="Report", approval="Manual"), blob="b2")
+    assert await world.reconcile("kuma") == Result(requeue_after=HOUR)
+    record = await drift_of(world)
+    assert record.heal_digest is None and record.drifted
+    assert await world.condition("kuma", "Drifted") == ("True", "ChangesFound")
+    assert len(await world.outbox_requests()) == seen
