@@ -156,6 +156,7 @@ def summarize(
             "peakMemoryMib": max(memory) if memory else None,
         },
         "resourcesRequested": intent.spec.resources.to_wire(),
+        "drift": drift_row(intent, digest),
         "suggestions": [
             suggestion_row(s)
             for s in suggestions
@@ -168,6 +169,14 @@ def summarize(
             "events": audit_events,
         },
     }
+
+
+def drift_row(intent: DeploymentIntent, digest: str | None) -> dict[str, Any] | None:
+    """What drift detection found for the plan ``digest`` (None before its first check)."""
+    drift = intent.status.drift if intent.status else None
+    if drift is None or drift.digest != digest:
+        return None
+    return drift.to_wire()
 
 
 async def intent_summary(

@@ -92,6 +92,13 @@ export function resourceWords(resources) {
   return parts.length ? parts.join(", ") : "no particular CPU, memory or GPU needs";
 }
 
+function driftWords(drift) {
+  if (!drift.drifted) return `none at the last check (round ${drift.round})`;
+  const changes = drift.changes.map((c) => `${c.task || c.step} on ${c.host || "a host"}`).join("; ");
+  const heal = drift.healDigest ? ` — heal waits for approval of ${drift.healDigest.slice(0, 12)}` : "";
+  return `${plural(drift.changes.length, "change", "changes")} found: ${changes}${heal}`;
+}
+
 function usageWords(used) {
   const parts = [];
   if (used?.cpuSeconds !== null && used?.cpuSeconds !== undefined) {
@@ -1017,6 +1024,7 @@ function summaryCard(summary) {
       ["Took", summary.totalSeconds === null ? "—" : `${durationWords(summary.totalSeconds, { estimate: false })} in all (${summary.totalSeconds.toFixed(1)} s)`, "summary-total"],
       used ? ["Used", used, "summary-used"] : null,
       ["Asked for", resourceWords(summary.resourcesRequested), "summary-requested"],
+      summary.drift && summary.drift.checkedAt ? ["Drift", driftWords(summary.drift), "summary-drift"] : null,
     ]),
     suggestions.length
       ? h(

@@ -13,6 +13,8 @@ from chiffon.resources import (
     Condition,
     ConditionStatus,
     DeploymentIntent,
+    DriftChange,
+    DriftStatus,
     IntentStatus,
     Plan,
     Run,
@@ -173,6 +175,19 @@ def test_summary_while_the_second_step_has_not_started() -> None:
     assert summary["ready"] is False and summary["outcome"] == "running"
     assert [s["status"] for s in summary["steps"]] == ["running", "not started"]
     assert summary["totalSeconds"] is None
+
+
+def test_summary_carries_the_drift_of_its_plan_only() -> None:
+    intent = kuma(applied=True)
+    assert intent.status is not None
+    change = DriftChange(step="deploy", task="Render the compose file", host="localhost", diff="-a\n+b")
+    drift = DriftStatus(digest=DIGEST, round=2, checked_at=T0, drifted=True, changes=[change])
+    drifted = intent.model_copy(update={"status": intent.status.model_copy(update={"drift": drift})})
+    summary = summarize(drifted, [], digest=DIGEST, suggestions=[], roles=(), audit_events=0)
+    assert summary["drift"]["drifted"] is True and summary["drift"]["round"] == 2
+    assert summary["drift"]["changes"][0]["task"] == "Render the compose file"
+    assert summarize(drifted, [], digest="f" * 64, suggestions=[], roles=(), audit_events=0)["drift"] is None
+    assert summarize(intent, [], digest=DIGEST, suggestions=[], roles=(), audit_events=0)["drift"] is None
 
 
 def test_roles_named_by_the_example_playbooks() -> None:
