@@ -341,10 +341,10 @@ def notify_loops(settings: Settings, store: Store) -> list[NamedLoop]:
 
 
 def suggestion_loop(store: Store, infra: Path) -> NamedLoop:
-    """The quick suggestion scan after runs finish (controllers/suggest.py), one scanner at a time."""
+    """The quick suggestion scan after runs finish (agents/suggestions/scanner.py), one scanner at a time."""
+    from chiffon.agents.suggestions.scanner import SuggestionScanner
     from chiffon.controllers.leader import LeaderElector
     from chiffon.controllers.manager import NamedLoop
-    from chiffon.controllers.suggest import SuggestionScanner
 
     async def lead(_epoch: int, lost: asyncio.Event) -> None:
         await SuggestionScanner(store, infra).run(lost)

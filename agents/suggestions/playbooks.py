@@ -24,7 +24,7 @@ import yaml
 
 from chiffon.resources.ansible import BLOCK_SECTIONS, is_module_key
 
-__all__ = ["Play", "RepoFiles", "Task", "load_repo", "parse_file"]
+__all__ = ["Play", "RepoFiles", "Task", "load_repo", "parse_file", "role_dependencies"]
 
 MAX_FILE_BYTES = 1024 * 1024
 _SKIP_DIRS = {".git", ".ansible", ".cache", "collections", "galaxy_cache", "node_modules", "venv", ".venv"}
@@ -211,6 +211,16 @@ def _role_names(items: Any) -> list[str]:
             if isinstance(role, str):
                 names.append(role)
     return names
+
+
+def role_dependencies(meta_text: str) -> list[str]:
+    """The roles a role's ``meta/main.yml`` lists under ``dependencies``; [] when it is not readable."""
+    try:
+        data = yaml.safe_load(meta_text)
+    except yaml.YAMLError:
+        return []
+    entries = data.get("dependencies") if isinstance(data, dict) else None
+    return _role_names(entries) if isinstance(entries, list) else []
 
 
 def parse_file(path: str, text: str) -> ParsedFile | None:

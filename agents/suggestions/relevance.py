@@ -10,9 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
-from chiffon.agents.suggestions.playbooks import parse_file
+from chiffon.agents.suggestions.playbooks import parse_file, role_dependencies
 from chiffon.resources import DeploymentIntent
 
 __all__ = ["plan_files", "playbook_roles", "touches", "with_dependencies"]
@@ -91,13 +89,8 @@ def _dependencies(root: Path, role: str, folders: Sequence[Path]) -> list[str]:
         if not meta.is_relative_to(root) or not meta.is_file():
             continue
         try:
-            data = yaml.safe_load(meta.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            names = role_dependencies(meta.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
             return []
-        entries = data.get("dependencies") if isinstance(data, dict) else None
-        entries = entries if isinstance(entries, list) else []
-        names = [
-            entry.get("role") or entry.get("name") if isinstance(entry, dict) else entry for entry in entries
-        ]
-        return [name.rsplit(".", 1)[-1] for name in names if isinstance(name, str)]
+        return [name.rsplit(".", 1)[-1] for name in names]
     return []

@@ -9,7 +9,7 @@ only what is new. An open or accepted lint/static suggestion that a scan no
 longer finds was fixed meanwhile: it becomes ``implemented``; so does a failed
 step's suggestion once the step succeeds (and it opens again if the same
 failure comes back). The controller scans by itself after runs finish
-(:mod:`chiffon.controllers.suggest`).
+(:mod:`.scanner`).
 
 **Accept.** In a fresh worktree at ``HEAD`` the suggestion's patch is
 checked with ``git apply --check``; if the file moved on since the scan, the

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chiffon.controllers.suggest import SuggestionScanner
+from chiffon.agents.suggestions.scanner import SuggestionScanner
 from chiffon.resources.messages import AnsibleEvent
 from chiffon.store import Store
 from tests.integration.reconcile_world import KUMA, World, intent_text, make_world

@@ -2,7 +2,7 @@
 
 The scanner follows the audit trail. When ``run.result`` events arrive it waits for
 the batch to settle (``QUIET_SECONDS`` without a new one), then runs the quick scan
-(:func:`chiffon.agents.suggestions.service.scan` with ``lint=False``): the static
+(:func:`.service.scan` with ``lint=False``): the static
 checks and the run-based findings — a task that changed on a repeat of an identical
 run, a step whose newest run failed (with what the failure usually means). ansible-lint
 is left to ``chiffonctl suggestions scan``: it takes tens of seconds on a real repo.
@@ -17,6 +17,7 @@ It runs behind an election of its own ("suggestions"): one scanner at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -24,7 +25,6 @@ from pathlib import Path
 
 from chiffon.agents.suggestions import service
 from chiffon.agents.suggestions.relevance import plan_files, playbook_roles, touches
-from chiffon.controllers.manager import sleep_until
 from chiffon.resources import AuditEvent, DeploymentIntent, Outcome
 from chiffon.store import Store
 from chiffon.store.errors import StoreError
@@ -92,7 +92,8 @@ class SuggestionScanner:
                 log.warning("suggestion scanner: database unavailable (%s); trying again", error)
             except service.SuggestionError as error:
                 log.warning("suggestion scanner: %s", error)
-            await sleep_until(interval, stop)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
 
 
 def _concerned(
