@@ -61,7 +61,7 @@ async def test_list_without_a_query(api: httpx.AsyncClient) -> None:
     assert body["inventories"][0]["path"] == "ansible/inventory/hosts.yml"
     assert all("text" not in item for item in body["items"])
     roles = (await api.get("/api/v1/catalog", params={"kind": "role"})).json()["items"]
-    assert {item["kind"] for item in roles} == {"role"} and len(roles) == 4
+    assert {item["kind"] for item in roles} == {"role"} and len(roles) == 7
 
 
 async def test_search_ranks_with_scores_and_confidence(api: httpx.AsyncClient) -> None:

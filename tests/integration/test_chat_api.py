@@ -158,7 +158,11 @@ async def test_a_proposal_never_overwrites_a_change_made_since(
 @pytest.mark.parametrize(
     ("body", "status", "says"),
     [
-        ({"message": "install pihole"}, 422, 'nothing in homelab-infra matches "install pihole"'),
+        (
+            {"message": "deploy a minecraft server"},
+            422,
+            'nothing in homelab-infra matches "deploy a minecraft server"',
+        ),
         ({"message": "   "}, 422, "say what you want"),
         ({"message": ""}, 422, "message"),
         ({"message": "x" * 4001}, 422, "message"),

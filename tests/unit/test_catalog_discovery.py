@@ -181,14 +181,25 @@ def test_example_finds_every_playbook_role_stack_and_the_inventory(tmp_path: Pat
         "kuma-deployment",
         "legacy-backup",
         "ollama-deployment",
+        "pihole-deployment",
+        "portainer-deployment",
         "reverse-proxy",
         "site",
         "system-update",
+        "traefik-deployment",
     ]
-    assert kinds[EntryKind.ROLE] == ["common", "ollama", "reverse_proxy", "uptime_kuma"]
+    assert kinds[EntryKind.ROLE] == [
+        "common",
+        "ollama",
+        "pihole",
+        "portainer",
+        "reverse_proxy",
+        "traefik",
+        "uptime_kuma",
+    ]
     assert kinds[EntryKind.COMPOSE] == ["ollama", "uptime-kuma"]
     [inventory] = found.inventories
-    assert inventory.path == "ansible/inventory/hosts.yml" and {"infra", "desktops", "lab"} <= set(
+    assert inventory.path == "ansible/inventory/hosts.yml" and {"infra", "proxmox", "desktops", "lab"} <= set(
         inventory.groups
     )
     assert found.warnings == []
