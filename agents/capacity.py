@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -361,5 +362,5 @@ def _children(process: psutil.Process) -> list[psutil.Process]:
 
 def hostname() -> str:
     """This machine's short host name, for default agent ids (``infra-<hostname>``)."""
-    name = os.uname().nodename.split(".")[0] or "localhost"
+    name = platform.node().split(".")[0] or "localhost"  # os.uname() does not exist on Windows
     return "".join(char if char.isalnum() or char in "-_" else "-" for char in name)

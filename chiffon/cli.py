@@ -261,9 +261,7 @@ async def _serve(settings: Settings, context: ServerContext, loops: list[NamedLo
         server.should_exit = True
         stop.set()
 
-    running = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        running.add_signal_handler(signum, request_stop)
+    on_stop_signals(request_stop)
     manager = asyncio.create_task(Manager(loops).run(stop), name="manager")
     try:
         await server.serve()
@@ -276,10 +274,22 @@ async def _run_until_signal(loops: list[NamedLoop]) -> None:
     from chiffon.controllers.manager import Manager
 
     stop = asyncio.Event()
+    on_stop_signals(stop.set)
+    await Manager(loops).run(stop)
+
+
+def on_stop_signals(callback: Callable[[], None]) -> None:
+    """Call ``callback`` on the event loop at SIGINT/SIGTERM (Ctrl+C and ``Stop-Process`` on Windows).
+
+    The loop's own signal handlers are Unix only; elsewhere (Windows) a plain signal
+    handler hands the callback to the loop, which is as prompt for a clean stop.
+    """
     running = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        running.add_signal_handler(signum, stop.set)
-    await Manager(loops).run(stop)
+        try:
+            running.add_signal_handler(signum, callback)
+        except NotImplementedError:
+            signal.signal(signum, lambda _signum, _frame: running.call_soon_threadsafe(callback))
 
 
 def controller_loop(settings: Settings, store: Store, bus: Bus, source: GitSource, infra: Path) -> NamedLoop:
