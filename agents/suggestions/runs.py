@@ -91,11 +91,10 @@ def not_idempotent(
         runs_seen = sorted(entry["runs"])  # type: ignore[call-overload]
         hosts = sorted(entry["hosts"])  # type: ignore[call-overload]
         findings.append(
-            Finding(
-                source=RUN,
-                rule="not-idempotent",
-                file=task.file if task else (playbook or ""),
-                line=task.line if task else None,
+            _finding(
+                "not-idempotent",
+                task,
+                playbook,
                 reasoning=(
                     f"Task {name!r} reported `changed` on {', '.join(hosts)} in {len(runs_seen)} repeated "
                     f"run{'s' if len(runs_seen) != 1 else ''} of the same plan "
@@ -108,6 +107,18 @@ def not_idempotent(
             )
         )
     return findings
+
+
+def _finding(rule: str, task: Task | None, playbook: str | None, *, reasoning: str, key: str) -> Finding:
+    """A run-based finding at the task when the repo has it, else at the playbook the step ran."""
+    return Finding(
+        source=RUN,
+        rule=rule,
+        file=task.file if task else (playbook or ""),
+        line=task.line if task else None,
+        reasoning=reasoning,
+        key=key,
+    )
 
 
 #: What a failure message usually means, checked in order; the first match explains it.
@@ -189,11 +200,10 @@ def failed_steps(
         message = " ".join(((failing.output if failing else "") or newest.error or "").split())
         where = f"task {name!r} on {failing.host or '?'}" if failing and name else "the run"
         findings.append(
-            Finding(
-                source=RUN,
-                rule="run-failed",
-                file=task.file if task else (playbook or ""),
-                line=task.line if task else None,
+            _finding(
+                "run-failed",
+                task,
+                playbook,
                 reasoning=(
                     f"Step {step} of {intent} {ENDED[newest.status]} at {where} (run {newest.id}): "
                     f"{message[:FAILURE_TEXT_CHARS] or 'no message'}. {failure_hint(message)} "

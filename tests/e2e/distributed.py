@@ -16,15 +16,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from chiffon.bus import DEAD_LETTER_QUEUE, HEARTBEATS_QUEUE, RESULTS_QUEUE, runs_queue
 from chiffon.gitrepo import GitRepo
 from chiffon.store import Store
-from tests.contract.support import BusFactory, unique_prefix
+from tests.contract.support import BusFactory, sweep_leftover_queues, unique_prefix
+from tests.helpers import throwaway_database
 
 from .conftest import ROOT, Result, free_port
 
@@ -127,15 +130,30 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def sweep_queues() -> Iterator[None]:
+    """After each module, delete the queues its labs left on the broker."""
+    yield
+    sweep_leftover_queues()
+
+
 @contextlib.asynccontextmanager
-async def open_lab(tmp_path: Path, database: str, **settings: str) -> AsyncIterator[Lab]:
-    """Controller, API and infra agent on ``database`` and RabbitMQ, with a copy of the example
+async def open_lab(tmp_path: Path, **settings: str) -> AsyncIterator[Lab]:
+    """Controller, API and infra agent on a throwaway PostgreSQL database (the processes cannot
+    share a test's schema) and RabbitMQ, with a copy of the example
     homelab-infra at ``tmp_path/homelab-infra`` (written before this is entered, if the
     caller wants to add to it) and the lab root at ``tmp_path/lab``. ``settings`` are more
     ``CHIFFON_*`` variables for every process."""
     infra = tmp_path / "homelab-infra"
     if not infra.exists():
         shutil.copytree(ROOT / "examples/homelab-infra", infra)
+    with throwaway_database("e2e") as database:
+        async with _lab_on(tmp_path, database, infra, settings) as running:
+            yield running
+
+
+@contextlib.asynccontextmanager
+async def _lab_on(tmp_path: Path, database: str, infra: Path, settings: dict[str, str]) -> AsyncIterator[Lab]:
     repo = await GitRepo.init(tmp_path / "intents")
     factory = BusFactory("amqp", unique_prefix())
     bus = await factory.open()  # holds the broker for the test; declares what cleanup deletes

@@ -29,16 +29,15 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.contract.support import sweep_leftover_queues
-from tests.helpers import ALICE, throwaway_database
+from tests.helpers import ALICE
 
 from .conftest import ROOT
-from .distributed import DESKTOP, INFRA, Lab, open_lab, stop
+from .distributed import DESKTOP, INFRA, Lab, open_lab, stop, sweep_queues  # noqa: F401  (sweep_queues: a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -93,24 +92,12 @@ spec:
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _sweep() -> Iterator[None]:
-    yield
-    sweep_leftover_queues()
-
-
 @pytest.fixture
-def database() -> Iterator[str]:
-    with throwaway_database("e2e") as url:
-        yield url
-
-
-@pytest.fixture
-async def lab(tmp_path: Path, database: str) -> AsyncIterator[Lab]:
+async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     infra = tmp_path / "homelab-infra"
     shutil.copytree(ROOT / "examples/homelab-infra", infra)
     (infra / "ansible/playbooks/gpu-gate.yml").write_text(GATE_PLAYBOOK)
-    async with open_lab(tmp_path, database) as running:
+    async with open_lab(tmp_path) as running:
         yield running
 
 
