@@ -410,7 +410,7 @@ class InfraAgent(AgentBase):
             check=request.check,
             diff=request.diff,
             timeout_seconds=request.timeout_seconds,
-            env=self.env,
+            env={**self.env, **run_environment(request)},
         )
 
     # Answers ------------------------------------------------------------------------------------
@@ -483,3 +483,14 @@ class InfraAgent(AgentBase):
         for path in folders[: len(folders) - KEEP_RUN_DIRS]:
             with contextlib.suppress(OSError):
                 shutil.rmtree(path)
+
+
+def run_environment(request: RunRequest) -> dict[str, str]:
+    """What a playbook may read about the run it is part of (``lookup('env', 'CHIFFON_RUN_ID')``):
+    to stamp what it writes, or to log in its own words which run did what."""
+    return {
+        "CHIFFON_RUN_ID": request.run_id,
+        "CHIFFON_INTENT": request.intent,
+        "CHIFFON_STEP": request.step,
+        "CHIFFON_CHECK_MODE": "true" if request.check else "false",
+    }

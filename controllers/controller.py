@@ -127,6 +127,12 @@ class Controller:
             ),
         ]
         await self.source.sync()
+        rearmed = await self.store.rearm_unaccepted_runs(epoch)
+        if rearmed:
+            # Agents that saw this epoch refuse the old leader's requests: send them again as ours.
+            log.info(
+                "sending %d run request(s) of an earlier leader again under epoch %d", len(rearmed), epoch
+            )
         for intent in await self.store.list_intents():
             self.enqueue(intent.metadata.name)
         loops = [

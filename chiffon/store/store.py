@@ -36,7 +36,7 @@ from chiffon.resources import (
     RunStatus,
     SourceStatus,
 )
-from chiffon.resources.messages import AnsibleEvent
+from chiffon.resources.messages import AnsibleEvent, RunRequest, decode_envelope, encode_envelope
 from chiffon.store import bulk, convert, intents, leader
 from chiffon.store.coltypes import NaiveDatetimeError
 from chiffon.store.engine import WRITE, make_engine, normalise_url
@@ -820,6 +820,39 @@ class Store:
         async with self._read() as session:
             rows = (await session.scalars(statement)).all()
         return [convert.outbox_from_row(row) for row in rows]
+
+    async def rearm_unaccepted_runs(self, epoch: int) -> list[str]:
+        """Give the runs an older leader dispatched but no agent accepted yet ``epoch``, and queue
+        their requests again (same run id, the new epoch); returns their ids.
+
+        A new leader calls it when it takes over: an agent that has seen the new epoch refuses
+        requests from the old one (the epoch fence), so without this such a run would wait for
+        ever. Resending is safe: an agent that did take the old request answers the run id from
+        memory and never runs it twice.
+        """
+        async with self._write() as session:
+            runs = (
+                await session.scalars(
+                    select(RunRow).where(
+                        RunRow.status == RunStatus.PENDING.value,
+                        or_(RunRow.epoch.is_(None), RunRow.epoch < epoch),
+                    )
+                )
+            ).all()
+            rearmed = []
+            for run in runs:
+                message = await session.scalar(select(OutboxRow).where(OutboxRow.message_id == run.id))
+                if message is None:
+                    continue
+                envelope = decode_envelope(message.body)
+                if not isinstance(envelope.payload, RunRequest):
+                    continue
+                request = envelope.payload.model_copy(update={"epoch": epoch})
+                message.body = encode_envelope(envelope.model_copy(update={"payload": request}))
+                message.published_at = None
+                run.epoch = epoch
+                rearmed.append(run.id)
+            return rearmed
 
     async def mark_outbox_published(self, *message_ids: str) -> None:
         """The broker confirmed these messages; they leave the pending list (one transaction)."""

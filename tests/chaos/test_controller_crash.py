@@ -32,6 +32,8 @@ from tests.agentsim import RecordingAgent
 from tests.contract.support import amqp_url, broker_alone, unique_prefix
 from tests.helpers import ALICE, throwaway_database
 
+from .checker import Verdict, record
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,12 +87,28 @@ class Lab:
             f"not all Ready within {within}s; controller log:\n{self.log.read_text()[-4000:]}"
         )
 
-    async def check_exactly_once(self, expected_runs: int) -> None:
+    async def check_exactly_once(
+        self, expected_runs: int, scenario: str, recovery: float | None = None
+    ) -> None:
         runs = await self.store.list_runs(limit=10_000)
         requested = {run.id for run in runs}
         executed = self.agent.executed
         lost = requested - set(executed)
         unexpected = set(executed) - requested
+        record(
+            Verdict(
+                scenario=scenario,
+                intents=INTENTS,
+                runs_requested=len(requested),
+                runs_executed=len(executed),
+                lost=sorted(lost),
+                duplicated=self.agent.duplicates(),
+                unexpected=sorted(unexpected),
+                recovery_seconds=recovery,
+                note="recording agent; requests received "
+                f"{len(self.agent.received)} (redeliveries answered from its journal)",
+            )
+        )
         assert len(requested) == expected_runs, f"{len(requested)} runs requested, {expected_runs} expected"
         assert not lost, f"lost runs: {sorted(lost)}"
         assert not unexpected, f"runs nobody requested: {sorted(unexpected)}"
@@ -182,7 +200,7 @@ async def test_sigkill_at_each_crash_point_loses_and_repeats_nothing(lab: Lab, c
         recovery = await lab.all_ready(names)
     finally:
         stop(restarted)
-    await lab.check_exactly_once(expected_runs=INTENTS * 2)
+    await lab.check_exactly_once(INTENTS * 2, f"controller SIGKILL at {crash_at}", recovery)
     print(
         f"{crash_at}: recovered in {recovery:.1f}s; requests received {len(lab.agent.received)}, "
         f"executed {len(lab.agent.executed)}"
@@ -200,7 +218,7 @@ async def test_repeated_crashes_then_recovery(lab: Lab) -> None:
         await lab.all_ready(names)
     finally:
         stop(restarted)
-    await lab.check_exactly_once(expected_runs=INTENTS * 2)
+    await lab.check_exactly_once(INTENTS * 2, "controller SIGKILL 4 times in a row")
 
 
 async def test_rabbitmq_restart_during_dispatch(lab: Lab) -> None:
@@ -222,7 +240,7 @@ async def test_rabbitmq_restart_during_dispatch(lab: Lab) -> None:
         _rabbitmqctl("start_app")
         _wait_for_rabbitmq()
         stop(controller)
-    await lab.check_exactly_once(expected_runs=INTENTS * 2)
+    await lab.check_exactly_once(INTENTS * 2, "RabbitMQ restart during dispatch")
 
 
 def _rabbitmqctl(command: str) -> None:

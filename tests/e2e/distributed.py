@@ -46,6 +46,7 @@ class Lab:
     repo: GitRepo
     subject: str = "gpu-job"  # the intent intent(), condition() and runs() look at
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    killed: set[str] = field(default_factory=set)  # stopped on purpose: until() does not complain
 
     def spawn(self, name: str, *command: str) -> subprocess.Popen[bytes]:
         log = self.tmp / f"{name}.log"
@@ -54,6 +55,18 @@ class Lab:
         )
         self.processes[name] = process
         return process
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one of the lab's processes: no clean stop, no goodbye message."""
+        process = self.processes[name]
+        self.killed.add(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def respawn(self, name: str) -> subprocess.Popen[bytes]:
+        """Start a process again with the command it was started with."""
+        self.killed.discard(name)
+        return self.spawn(name, *[str(arg) for arg in self.processes[name].args])  # type: ignore[union-attr]
 
     def start_desktop(self) -> subprocess.Popen[bytes]:
         return self.spawn(
@@ -108,7 +121,7 @@ class Lab:
             if value:
                 return value
             for name, process in self.processes.items():
-                if name != "desktop" and process.poll() is not None:
+                if name != "desktop" and name not in self.killed and process.poll() is not None:
                     raise AssertionError(f"{name} exited with {process.returncode}:\n{self.logs()}")
             await asyncio.sleep(0.2)
         raise AssertionError(

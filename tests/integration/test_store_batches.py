@@ -19,8 +19,9 @@ from chiffon.resources import (
     set_condition,
 )
 from chiffon.resources.approval import Decision
+from chiffon.resources.messages import RunRequest, decode_envelope, encode_envelope, make_envelope
 from chiffon.store import Store
-from chiffon.store.records import Dispatch, ReconcileWrites, StatusWrite
+from chiffon.store.records import Dispatch, ReconcileWrites, RunWrites, StatusWrite
 from tests.integration.test_store import BASE_SPEC, T0, make_intent, source
 from tests.integration.test_store_runs import make_run
 
@@ -138,3 +139,35 @@ async def test_intents_and_runs_read_together(store: Store) -> None:
     found, runs = await store.intents_and_runs(["a", "gone", "never"], runs_each=5)
     assert list(found) == ["a"]
     assert sorted(runs) == ["a", "gone"]
+
+
+async def test_a_new_leader_rearms_the_requests_no_agent_accepted(store: Store) -> None:
+    for name in ("a", "b"):
+        await store.upsert_intent(make_intent(name), source(path=f"intents/{name}.yaml"))
+    waiting, taken = make_run("a", epoch=2), make_run("b", epoch=2)
+    dispatches = []
+    for run in (waiting, taken):
+        request = RunRequest(
+            run_id=run.id,
+            intent=run.intent,
+            generation=1,
+            plan_digest=run.plan_digest,
+            step=run.step,
+            epoch=2,
+        )
+        body = encode_envelope(make_envelope(request, message_id=run.id))
+        dispatches.append(Dispatch(run, "chiffon.runs.infra-1", body))
+    await store.commit_reconcile(ReconcileWrites(dispatches=dispatches))
+    await store.mark_outbox_published(waiting.id, taken.id)
+    await store.update_runs(
+        [taken.id],
+        lambda runs: RunWrites(runs=[runs[taken.id].model_copy(update={"status": RunStatus.RUNNING})]),
+    )
+
+    assert await store.rearm_unaccepted_runs(3) == [waiting.id]
+    [pending] = await store.pending_outbox()
+    request = decode_envelope(pending.body).payload
+    assert pending.message_id == waiting.id and isinstance(request, RunRequest) and request.epoch == 3
+    runs = {run.id: run for run in await store.list_runs()}
+    assert runs[waiting.id].epoch == 3 and runs[taken.id].epoch == 2
+    assert await store.rearm_unaccepted_runs(3) == []  # already this leader's
