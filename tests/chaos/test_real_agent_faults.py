@@ -37,7 +37,7 @@ from chiffon.controllers.leader import DEFAULT_ELECTION as CONTROLLER_ELECTION
 from chiffon.resources import ConditionType, Run, is_condition_true
 from chiffon.store.errors import StoreError
 from tests.contract.support import broker_alone
-from tests.e2e.distributed import Lab, open_lab
+from tests.e2e.distributed import INFRA, Lab, open_lab
 from tests.helpers import ALICE
 
 from .checker import LEDGER_PLAYBOOK, Ledger, Verdict, chaos_intent, judge, record
@@ -54,9 +54,9 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
     infra = tmp_path / "homelab-infra"
     shutil.copytree(Path(__file__).resolve().parents[2] / "examples/homelab-infra", infra)
     (infra / "ansible/playbooks/chaos-step.yml").write_text(LEDGER_PLAYBOOK)
-    async with open_lab(tmp_path) as running:
-        await running.until(
-            lambda: running.agent("infra-e2e"), "the infra agent's first heartbeat", within=60
+    async with open_lab(tmp_path, api=False) as running:
+        await seconds_until(
+            running, lambda: _online(running), time.monotonic(), "the infra agent's heartbeat"
         )
         yield running
 
@@ -110,6 +110,10 @@ async def verdict(lab: Lab, scenario: str, wanted: list[str], ledger: Ledger, **
     record(found)
     assert found.clean, f"{found}\n{lab.logs()}"
     return found
+
+
+async def _online(lab: Lab) -> bool:
+    return any(agent.id == INFRA and agent.online for agent in await lab.store.list_agents())
 
 
 def progressed(runs: list[Run], since: datetime) -> bool:
