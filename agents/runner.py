@@ -49,7 +49,12 @@ How it runs a job, and why:
   which ansible-runner calls every quarter second; see
   :class:`~chiffon.agents.capacity.ProcessTreeUsage` for what is counted.
 * **No secrets left behind**: ansible-runner writes the full environment of
-  the run to ``artifacts/<ident>/command``; it is deleted after the run.
+  the run to ``artifacts/<ident>/command``; it is deleted after the run. And
+  ansible-core (2.19) prints a failed ``no_log`` task's message on its
+  ``[ERROR]`` line anyway, so what the display said for a ``no_log`` result is
+  replaced by :data:`HIDDEN` in ansible-runner's own copies too — the event's
+  JSON under ``job_events/`` and the ``stdout`` file — before the failure
+  summary reads that file.
 * **No sleep after the playbook**: ansible-runner closes its pexpect child
   once its loop has seen the child exit and reaped it, and ptyprocess's
   ``close()`` then sleeps 0.1 s ("to give the kernel time to update the
@@ -467,6 +472,7 @@ class _Watch:
         self.marker = str(job.private_data_dir)
         self.stats: Mapping[str, Any] | None = None
         self.first_failure: Mapping[str, Any] | None = None
+        self.hidden: list[str] = []  # what the display said for no_log results: never kept
         self._last_sample = 0.0
 
     def cancel_requested(self) -> bool:
@@ -535,6 +541,11 @@ async def run_playbook(job: PlaybookJob, on_events: EventSink, cancel: asyncio.E
             ):
                 watch.first_failure = event
             mapped = to_event(event)
+            if is_no_log(event):
+                said = str(event.get("stdout") or "")
+                if said.strip() and said != HIDDEN:
+                    watch.hidden.append(said)
+                event["stdout"] = HIDDEN  # the JSON ansible-runner writes next keeps no more than we send
         except Exception:
             log.warning("could not read an ansible-runner event of run %s", job.run_id, exc_info=True)
             return True
@@ -602,6 +613,7 @@ def _outcome(job: PlaybookJob, runner: Any, watch: _Watch, duration: float) -> P
             stats_data = runner.stats
     stats = host_stats(stats_data or {})
     error: str | None = None
+    _scrub_stdout(job, watch.hidden)
     if status == "timeout":
         error = f"the run took longer than its timeout of {job.timeout_seconds}s and was stopped"
     elif status == "canceled":
@@ -613,6 +625,25 @@ def _outcome(job: PlaybookJob, runner: Any, watch: _Watch, duration: float) -> P
         (job.artifact_dir / "command").unlink()
     rc = runner.rc if isinstance(runner.rc, int) else None
     return PlaybookOutcome(status, rc, stats, round(duration, 3), watch.usage.usage(), error)  # type: ignore[arg-type]
+
+
+def _scrub_stdout(job: PlaybookJob, hidden: Sequence[str]) -> None:
+    """Replace in ansible-runner's ``stdout`` file what the display said for ``no_log`` results."""
+    if not hidden:
+        return
+    path = job.artifact_dir / "stdout"
+    try:
+        text = path.read_text(errors="replace")
+        scrubbed = text
+        for said in sorted(set(hidden), key=len, reverse=True):
+            for variant in (said, said.replace("\r\n", "\n")):
+                scrubbed = scrubbed.replace(variant, HIDDEN)
+        if scrubbed != text:
+            path.write_text(scrubbed)
+    except OSError as exc:
+        log.warning("could not scrub the output of run %s; removing it: %s", job.run_id, exc)
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _stdout_tail(job: PlaybookJob, lines: int = 6) -> str:

@@ -4,6 +4,11 @@ Routes are thin; failures from the layers below are mapped to HTTP here, once:
 invalid documents → 422 with one entry per problem, unknown names → 404, a
 git conflict → 409, a database or git outage → 503. Nothing below leaks a
 stack trace to a client.
+
+In front of the routes (:mod:`chiffon.api.guards`): bodies over
+:data:`MAX_BODY_BYTES` are refused with 413, declared or streamed; every call
+under ``/api/v1`` passes the site guard (no state change from another site's
+page, JSON bodies only) before its token is even looked at.
 """
 
 from __future__ import annotations
@@ -13,14 +18,25 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request, status
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from chiffon import __version__
+from chiffon.api.auth import Principal
 from chiffon.api.chat import ChatError
 from chiffon.api.context import ServerContext
-from chiffon.api.deps import ViewerDep
+from chiffon.api.deps import (
+    ANONYMOUS,
+    SiteGuardDep,
+    ViewerDep,
+    audit_denied,
+    get_actor,
+    required_by_route,
+)
+from chiffon.api.guards import MAX_BODY_BYTES, BodyLimit, BodyTooLarge, Guards, RateLimiter
 from chiffon.api.routes import (
     abort,
     agents,
@@ -44,7 +60,7 @@ from chiffon.store import StoreError
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
+__all__ = ["MAX_BODY_BYTES", "create_app"]
 
 
 def create_app(context: ServerContext) -> FastAPI:
@@ -54,8 +70,14 @@ def create_app(context: ServerContext) -> FastAPI:
         description="GitOps control loops for Ansible-managed homelabs.",
     )
     app.state.context = context
-    # Every call needs at least the viewer role; routes that change things ask for more (deps.py).
-    api = APIRouter(prefix="/api/v1", dependencies=[ViewerDep])
+    settings = context.settings
+    app.state.guards = Guards(
+        chat=RateLimiter(settings.chat_rate_per_minute, settings.chat_rate_burst),
+        allowed_origins=tuple(settings.allowed_origins),
+    )
+    # The site guard first (another site's page is refused before its token is looked at); then
+    # every call needs at least the viewer role; routes that change things ask for more (deps.py).
+    api = APIRouter(prefix="/api/v1", dependencies=[SiteGuardDep, ViewerDep])
     for module in (
         intents,
         history,
@@ -120,16 +142,19 @@ def _error(
 
 
 def _install_handlers(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return _error(
-                413,
-                f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}",
-            )
-        response: Response = await call_next(request)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        response = _error(exc.status_code, str(exc.detail))
+        response.headers["Connection"] = "close"
         return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if _audits_invalid_requests(request):
+            await _audit_invalid(request, exc)
+        return await request_validation_exception_handler(request, exc)
 
     @app.exception_handler(ApplyError)
     async def invalid_documents(_: Request, exc: ApplyError) -> JSONResponse:
@@ -160,3 +185,28 @@ def _install_handlers(app: FastAPI) -> None:
     async def store_down(_: Request, exc: StoreError) -> JSONResponse:
         log.warning("database unavailable: %s", exc)
         return _error(status.HTTP_503_SERVICE_UNAVAILABLE, f"database unavailable: {exc}")
+
+
+def _audits_invalid_requests(request: Request) -> bool:
+    """Whether the route records refused requests (approve and reject: a bad digest is worth knowing)."""
+    route = request.scope.get("route")
+    return getattr(getattr(route, "endpoint", None), "audit_invalid", False) is True
+
+
+async def _audit_invalid(request: Request, exc: RequestValidationError) -> None:
+    """A 422 of an audited route as a ``denied`` event: which fields were wrong, never what was sent."""
+    context: ServerContext = request.app.state.context
+    principal: Principal | None = getattr(request.state, "principal", None)
+    fields = [".".join(str(part) for part in error.get("loc", ())) for error in exc.errors()][:10]
+    reason = "malformed-digest" if "body.plan" in fields else "invalid-request"
+    name = request.path_params.get("name")
+    await audit_denied(
+        context.store,
+        request,
+        str(get_actor(request, principal)) if principal is not None else ANONYMOUS,
+        required_by_route(request),
+        principal.role if principal is not None else None,
+        reason,
+        resource=f"DeploymentIntent/{name}" if name else None,
+        details={"fields": fields},
+    )

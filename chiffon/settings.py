@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,24 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     api_token: SecretStr | None = Field(default=None, description="bearer token required by the API")
+    # API safety rules (docs/auth.md).
+    approval_requires_other_person: bool = Field(
+        default=False,
+        description="refuse (403) an approval by the person whose change produced the intent's current spec",
+    )
+    chat_rate_per_minute: float = Field(
+        default=30.0,
+        ge=0,
+        description="chat requests (propose, confirm, discard) a caller may make a minute; 0: no limit",
+    )
+    chat_rate_burst: int = Field(
+        default=10, ge=1, description="chat requests a caller may make at once before the rate applies"
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="origins besides the server's own (e.g. https://chiffon.example behind a proxy) whose "
+        "pages may call the API's state-changing endpoints",
+    )
     git_poll_interval: float = Field(
         default=60.0, gt=0, description="seconds between fetches of a remote repo"
     )
@@ -150,6 +169,19 @@ class Settings(BaseSettings):
         le=1,
         description="a request scoring at least this (0-1) goes to the external model first",
     )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        origins = []
+        for origin in value:
+            cleaned = origin.strip().rstrip("/").lower()
+            if not re.fullmatch(r"https?://[^/\s?#]+", cleaned):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port], e.g. https://chiffon.lan"
+                )
+            origins.append(cleaned)
+        return origins
 
     @field_validator("home", "infra_repo", "audit_repo", "catalog_cache_dir", mode="before")
     @classmethod

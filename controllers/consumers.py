@@ -3,6 +3,17 @@
 Every handler is idempotent — a redelivered message changes nothing twice —
 and acks only after its effect is committed to the database, so a controller
 killed mid-handler gets the message again.
+
+An agent may only report on runs it was given. A ``RunAccepted``, ``RunEvent``
+or ``RunResult`` about a run id the database does not know (``unknown-run``),
+or about a run dispatched to another agent (``not-its-run``: the run's
+``agent_id`` is set and differs), is refused: nothing of it is applied, it is
+acked (a redelivery would be refused the same way), logged, and audited as
+``agent.refused`` — at most one event per agent and reason a minute, with the
+count of refused reports and a few of their run ids (:class:`AuditThrottle`),
+so a confused or hostile agent cannot flood the audit. Heartbeats need no
+registration (there is no allow-list of agents); a heartbeat's ``runs`` claim
+only counts for the runs dispatched to that agent (``liveness.py``).
 """
 
 from __future__ import annotations
@@ -10,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from chiffon.bus import Delivery
+from chiffon.controllers.audit_throttle import MAX_KEYS, AuditThrottle
 from chiffon.controllers.faults import AFTER_RESULT, crash_point
 from chiffon.controllers.scheduler import best_gpu_free, is_online
 from chiffon.resources import Agent, AuditEvent, Outcome, Run, RunStatus
@@ -63,12 +76,21 @@ class ResultConsumer:
     does the same for one delivery and returns once it is committed.
     """
 
-    def __init__(self, store: Store, *, enqueue: Callable[[str], None], clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        enqueue: Callable[[str], None],
+        clock: Clock = utcnow,
+        refusals: AuditThrottle | None = None,
+    ) -> None:
         self.store = store
         self._enqueue = enqueue
         self._clock = clock
         self._queued: list[Delivery] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._refusals = refusals or AuditThrottle()
+        self._held: dict[tuple[str, str], list[str]] = {}  # run ids of refusals not yet audited
 
     async def handle(self, delivery: Delivery) -> None:
         await self._flush([delivery])
@@ -91,13 +113,18 @@ class ResultConsumer:
     async def _flush(self, batch: list[Delivery]) -> None:
         payloads = [delivery.envelope.payload for delivery in batch]
         now = self._clock()
+        refused: list[Refusal] = []
+
+        def decide(runs: dict[str, Run]) -> RunWrites:
+            kept, refused[:] = screen_reports(runs, payloads)
+            return apply_reports(runs, kept, now, services)
+
         try:
             # The results' audit events carry the service, so `chiffonctl audit --service` finds the runs.
             finished = [p.run_id for p in payloads if isinstance(p, RunResult)]
             services = await self.store.services_of_runs(finished)
             writes = await self.store.update_runs(
-                {p.run_id for p in payloads if isinstance(p, RUN_REPORTS)},
-                lambda runs: apply_reports(runs, payloads, now, services),
+                {p.run_id for p in payloads if isinstance(p, RUN_REPORTS)}, decide
             )
         except Exception as exc:  # nothing was written: the broker delivers them again
             log.error("could not record %d agent reports: %s; returning them", len(batch), exc, exc_info=exc)
@@ -109,11 +136,94 @@ class ResultConsumer:
             crash_point(AFTER_RESULT, results)
         for delivery in batch:
             await delivery.ack()
+        if refused:
+            await self._audit_refusals(refused, now)
         for intent in sorted({run.intent for run in writes.runs}):
             self._enqueue(intent)
 
+    async def _audit_refusals(self, refused: Sequence[Refusal], now: datetime) -> None:
+        """One ``agent.refused`` event per agent and reason a minute at most, counting the others."""
+        events = []
+        for refusal in refused:
+            key = (refusal.agent_id[:200], refusal.reason)
+            if key not in self._held and len(self._held) >= MAX_KEYS:
+                self._held.clear()  # bounded memory; the counts still come from the throttle
+            held = self._held.setdefault(key, [])
+            if len(held) < REFUSED_RUNS_KEPT:
+                held.append(refusal.run_id[:200])
+            count = self._refusals.admit(key)
+            if count is None:
+                log.debug("refused %s again: %s", refusal.agent_id, refusal.describe())
+                continue
+            log.warning("refused a report of agent %s: %s", refusal.agent_id, refusal.describe())
+            events.append(refusal_audit(refusal, now, count, self._held.pop(key)))
+        for event in events:
+            try:
+                await self.store.record_audit(event)
+            except Exception as exc:  # the reports were refused all the same
+                log.warning("could not record a refused agent report in the audit: %s", exc)
+
 
 RUN_REPORTS = (RunAccepted, RunEvent, RunResult)
+REFUSED_RUNS_KEPT = 5
+"""How many run ids an ``agent.refused`` event lists (``count`` says how many reports there were)."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A report an agent had no business making: about a run it was not given."""
+
+    agent_id: str
+    run_id: str
+    message: str  # RunAccepted, RunEvent or RunResult
+    reason: str  # unknown-run | not-its-run
+    owner: str | None = None  # the agent the run was given to
+
+    def describe(self) -> str:
+        if self.reason == "unknown-run":
+            return f"{self.message} for run {self.run_id}, which was never dispatched"
+        return f"{self.message} for run {self.run_id}, which was given to agent {self.owner}"
+
+
+def screen_reports(runs: Mapping[str, Run], payloads: Sequence[object]) -> tuple[list[object], list[Refusal]]:
+    """The reports an agent may make — about a run that exists and was given to it (or to no agent in
+    particular) — and the refusals of the others, in delivery order (pure)."""
+    kept: list[object] = []
+    refused: list[Refusal] = []
+    for payload in payloads:
+        if not isinstance(payload, RUN_REPORTS):
+            kept.append(payload)
+            continue
+        run = runs.get(payload.run_id)
+        message = type(payload).__name__
+        if run is None:
+            refused.append(Refusal(payload.agent_id, payload.run_id, message, "unknown-run"))
+        elif run.agent_id is not None and run.agent_id != payload.agent_id:
+            refused.append(Refusal(payload.agent_id, payload.run_id, message, "not-its-run", run.agent_id))
+        else:
+            kept.append(payload)
+    return kept, refused
+
+
+def refusal_audit(refusal: Refusal, now: datetime, count: int, runs: Sequence[str]) -> AuditEvent:
+    """The ``agent.refused`` event of ``count`` refusals like ``refusal`` (pure)."""
+    return AuditEvent(
+        time=now,
+        actor=f"agent:{refusal.agent_id}"[:200],
+        action="agent.refused",
+        resource=f"Agent/{refusal.agent_id}"[:300],
+        outcome=Outcome.FAILURE,
+        details={
+            "agent": refusal.agent_id[:200],
+            "run": refusal.run_id[:200],
+            "message": refusal.message,
+            "reason": refusal.reason,
+            "owner": refusal.owner,
+            "count": count,
+            "runs": list(runs),
+            "why": refusal.describe(),
+        },
+    )
 
 
 def apply_reports(

@@ -3,6 +3,11 @@
 Proposing and deciding need the operator role: a confirm commits to the
 intents repo like ``chiffonctl apply`` does. Approving the plan that follows
 is a separate step that needs the approver role (``routes/approvals.py``).
+
+Every POST here spends one token of the caller's chat allowance
+(``chat_rate_per_minute``, ``chat_rate_burst``; ``ChatRateDep``): a proposal may
+call a language model, which costs money and time. Past it: 429 with
+``Retry-After``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, Field
 
 from chiffon.api.chat import ChatService, ConflictError, chat_service, proposal_to_wire
-from chiffon.api.deps import ActorDep, ContextDep, OperatorDep, StoreDep, WriterDep
+from chiffon.api.deps import ActorDep, ChatRateDep, ContextDep, OperatorDep, StoreDep, WriterDep
 from chiffon.resources.intent import Priority
 
 router = APIRouter(prefix="/chat", tags=["chat"])
@@ -37,7 +42,7 @@ class ChatRequest(BaseModel):
     priority: Priority | None = None
 
 
-@router.post("", dependencies=[OperatorDep])
+@router.post("", dependencies=[OperatorDep, ChatRateDep])
 async def propose(body: ChatRequest, chat: ChatDep, actor: ActorDep) -> dict[str, Any]:
     """Compile a request into intents and preview their plans; nothing is committed yet."""
     proposal = await chat.propose(
@@ -62,13 +67,13 @@ async def get_proposal(proposal_id: str, chat: ChatDep) -> dict[str, Any]:
     return proposal_to_wire(await _decided(chat.get(proposal_id)))
 
 
-@router.post("/{proposal_id}/confirm", dependencies=[OperatorDep])
+@router.post("/{proposal_id}/confirm", dependencies=[OperatorDep, ChatRateDep])
 async def confirm(proposal_id: str, chat: ChatDep, actor: ActorDep) -> dict[str, Any]:
     """Commit the proposal's YAML to the intents repo as you; the controller plans it next."""
     return proposal_to_wire(await _decided(chat.confirm(proposal_id, actor)))
 
 
-@router.post("/{proposal_id}/discard", dependencies=[OperatorDep])
+@router.post("/{proposal_id}/discard", dependencies=[OperatorDep, ChatRateDep])
 async def discard(proposal_id: str, chat: ChatDep, actor: ActorDep) -> dict[str, Any]:
     return proposal_to_wire(await _decided(chat.discard(proposal_id, actor)))
 

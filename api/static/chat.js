@@ -2,8 +2,11 @@
 //
 // The page only talks to the REST API under /api/v1 with fetch(). A bearer token, when the
 // user has entered one, travels in the Authorization header (kept in sessionStorage; no
-// cookies, so no CSRF). Run output is read from the Server-Sent Events endpoint with fetch()
-// streaming — EventSource cannot send headers — and each SSE frame is parsed here.
+// cookies). The server refuses state-changing calls from other origins and bodies that are
+// not Content-Type: application/json (all a cross-site HTML form can send: docs/auth.md), so
+// every POST with a body here says it is JSON. Run output is read from the Server-Sent Events
+// endpoint with fetch() streaming — EventSource cannot send headers — and each SSE frame is
+// parsed here.
 //
 // What is on the page:
 //   * the conversation: the user's requests, each answered by a proposal card (the YAML that
