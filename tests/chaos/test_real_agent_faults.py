@@ -45,7 +45,7 @@ from .checker import LEDGER_PLAYBOOK, Ledger, Verdict, chaos_intent, judge, reco
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 # Per scenario; CI keeps it small, scripts/chaos runs more.
-INTENTS = int(os.environ.get("CHIFFON_CHAOS_INTENTS", "4"))
+INTENTS = int(os.environ.get("CHIFFON_CHAOS_INTENTS", "3"))
 RECOVERY_LIMIT = 15.0
 
 
