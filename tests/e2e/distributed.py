@@ -152,7 +152,9 @@ def sweep_queues() -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def open_lab(tmp_path: Path, *, api: bool = True, **settings: str) -> AsyncIterator[Lab]:
+async def open_lab(
+    tmp_path: Path, *, api: bool = True, share_broker: bool = True, **settings: str
+) -> AsyncIterator[Lab]:
     """Controller, API and infra agent on a throwaway PostgreSQL database (the processes cannot
     share a test's schema) and RabbitMQ, with a copy of the example
     homelab-infra at ``tmp_path/homelab-infra`` (written before this is entered, if the
@@ -162,16 +164,19 @@ async def open_lab(tmp_path: Path, *, api: bool = True, **settings: str) -> Asyn
     if not infra.exists():
         shutil.copytree(ROOT / "examples/homelab-infra", infra)
     with throwaway_database("e2e") as database:
-        async with _lab_on(tmp_path, database, infra, settings, api=api) as running:
+        async with _lab_on(
+            tmp_path, database, infra, settings, api=api, share_broker=share_broker
+        ) as running:
             yield running
 
 
 @contextlib.asynccontextmanager
 async def _lab_on(
-    tmp_path: Path, database: str, infra: Path, settings: dict[str, str], *, api: bool
+    tmp_path: Path, database: str, infra: Path, settings: dict[str, str], *, api: bool, share_broker: bool
 ) -> AsyncIterator[Lab]:
     repo = await GitRepo.init(tmp_path / "intents")
-    factory = BusFactory("amqp", unique_prefix())
+    # share_broker=False only inside broker_alone(): a lab that restarts the broker holds it whole.
+    factory = BusFactory("amqp", unique_prefix(), share_broker=share_broker)
     bus = await factory.open()  # holds the broker for the test; declares what cleanup deletes
     for queue in (HEARTBEATS_QUEUE, RESULTS_QUEUE, DEAD_LETTER_QUEUE, runs_queue(INFRA)):
         await bus.declare(queue)
