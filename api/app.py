@@ -13,12 +13,13 @@ page, JSON bodies only) before its token is even looked at.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request, status
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -135,6 +136,11 @@ def _serve_page(app: FastAPI) -> None:
         )
 
 
+class AsciiJSONResponse(JSONResponse):
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
 def _error(
     status_code: int, detail: str, errors: Sequence[Mapping[str, object]] | None = None
 ) -> JSONResponse:
@@ -154,7 +160,9 @@ def _install_handlers(app: FastAPI) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         if _audits_invalid_requests(request):
             await _audit_invalid(request, exc)
-        return await request_validation_exception_handler(request, exc)
+        # FastAPI's own 422 echoes the request's input back; escaped to ASCII so that text
+        # which cannot be UTF-8 encoded (a lone surrogate, "\\ud800") still makes an answer.
+        return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
     @app.exception_handler(ApplyError)
     async def invalid_documents(_: Request, exc: ApplyError) -> JSONResponse:

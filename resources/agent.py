@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from chiffon.resources.base import Model
+from chiffon.resources.base import Model, StoredText
 
 
 class AgentKind(StrEnum):
@@ -17,8 +17,8 @@ class AgentKind(StrEnum):
 
 class GpuInfo(Model):
     index: int = Field(ge=0)
-    name: str = ""
-    uuid: str | None = None
+    name: StoredText = ""
+    uuid: StoredText | None = None
     memory_total_mib: int = Field(ge=0)
     memory_free_mib: int = Field(ge=0)
     utilization_percent: float | None = Field(default=None, ge=0, le=100)
@@ -31,7 +31,7 @@ class Capacity(Model):
     memory_available_mib: int = Field(ge=0)
     gpus: list[GpuInfo] = Field(default_factory=list)
     busy: bool = False
-    busy_reason: str | None = None
+    busy_reason: StoredText | None = None
 
 
 class Agent(Model):

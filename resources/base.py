@@ -28,13 +28,20 @@ MAX_VARS_ITEMS = 10_000
 
 
 class Model(BaseModel):
-    """Base for all resources: camelCase aliases, unknown fields rejected."""
+    """Base for all resources: camelCase aliases, unknown fields rejected, numbers finite.
+
+    NaN and infinity are refused like any other non-JSON value: JSON cannot hold
+    them (pydantic would write ``null``, which reads back as something else or
+    not at all), and an infinite duration or interval overflows the date
+    arithmetic of whoever receives it.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
         populate_by_name=True,
         alias_generator=to_camel,
         validate_assignment=True,
+        allow_inf_nan=False,
     )
 
     def to_wire(self) -> dict[str, Any]:
@@ -117,6 +124,22 @@ def validate_repo_path(value: str) -> str:
     return value
 
 
+def validate_no_nul(value: str) -> str:
+    """Refuse text holding a NUL character, which PostgreSQL cannot store in text or JSON.
+
+    Found while fuzzing (tests/fuzz): an intent with ``"\\0"`` in its vars was committed to git,
+    then failed every sync of the intents repo on PostgreSQL, good files included.
+    """
+    if "\x00" in value:
+        raise ValueError(f"{value[:40]!r} holds a NUL character (\\0), which cannot be stored")
+    return value
+
+
+def without_nul(value: str) -> str:
+    """Text as it can be stored: each NUL character becomes U+FFFD, the replacement character."""
+    return value.replace("\x00", "\ufffd")
+
+
 def validate_plain_data(value: Any, _depth: int = 0, _budget: list[int] | None = None) -> Any:
     """Accept only JSON-like data: maps with string keys, lists, str, int, float, bool, null."""
     budget = _budget if _budget is not None else [MAX_VARS_ITEMS]
@@ -125,7 +148,9 @@ def validate_plain_data(value: Any, _depth: int = 0, _budget: list[int] | None =
         raise ValueError(f"vars hold more than {MAX_VARS_ITEMS} values")
     if _depth > MAX_VARS_DEPTH:
         raise ValueError(f"vars are nested deeper than {MAX_VARS_DEPTH} levels")
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, str):
+        return validate_no_nul(value)
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -137,6 +162,7 @@ def validate_plain_data(value: Any, _depth: int = 0, _budget: list[int] | None =
         for key in value:
             if not isinstance(key, str):
                 raise ValueError(f"vars keys must be strings (got {type(key).__name__} {key!r})")
+            validate_no_nul(key)
         return {key: validate_plain_data(item, _depth + 1, budget) for key, item in value.items()}
     raise ValueError(f"vars must be plain data (got {type(value).__name__})")
 
@@ -155,6 +181,11 @@ DNS1123Name = Annotated[
     Field(json_schema_extra={"pattern": _DNS1123_LABEL.pattern, "maxLength": 63}),
 ]
 CamelWord = Annotated[str, AfterValidator(validate_camel_word)]
+# Text a person wrote (a file, a request): one with a NUL character is refused.
+PlainText = Annotated[str, AfterValidator(validate_no_nul)]
+# Text a machine reports (ansible output, an agent's labels): a NUL is replaced, never refused,
+# so one odd byte in a playbook's output does not cost the whole report.
+StoredText = Annotated[str, AfterValidator(without_nul)]
 Duration = Annotated[
     str, AfterValidator(_validate_duration), Field(json_schema_extra={"pattern": _DURATION.pattern})
 ]

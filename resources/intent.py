@@ -16,9 +16,11 @@ from chiffon.resources.base import (
     DNS1123Name,
     Duration,
     Model,
+    PlainText,
     PlainVars,
     RepoPath,
     parse_duration,
+    validate_no_nul,
 )
 from chiffon.resources.conditions import Condition
 from chiffon.resources.meta import ObjectMeta
@@ -78,7 +80,7 @@ class Step(Model):
     name: DNS1123Name
     playbook: RepoPath | None = None
     role: RoleName | None = None
-    goal: str | None = Field(default=None, min_length=1, max_length=500)
+    goal: Annotated[str, Field(min_length=1, max_length=500), AfterValidator(validate_no_nul)] | None = None
     vars: PlainVars = Field(default_factory=dict)
     tags: list[Tag] = Field(default_factory=list, max_length=100)
     skip_tags: list[Tag] = Field(default_factory=list, max_length=100)
@@ -99,7 +101,7 @@ class ResourceRequirements(Model):
 
 
 class Placement(Model):
-    agent_selector: dict[str, str] = Field(default_factory=dict)
+    agent_selector: dict[PlainText, PlainText] = Field(default_factory=dict)
 
 
 class DriftDetection(Model):

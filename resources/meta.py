@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, field_validator
 
-from chiffon.resources.base import DNS1123Name, Model
+from chiffon.resources.base import DNS1123Name, Model, PlainText
 
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -46,7 +46,7 @@ LabelValue = Annotated[str, AfterValidator(validate_label_value)]
 class ObjectMeta(Model):
     name: DNS1123Name
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
-    annotations: dict[LabelKey, str] = Field(default_factory=dict)
+    annotations: dict[LabelKey, PlainText] = Field(default_factory=dict)
     # Server-set: never read from git, always present in API answers.
     generation: int | None = Field(default=None, ge=1)
     uid: str | None = None

@@ -8,7 +8,7 @@ nobody has vetted (DESIGN §9):
    bytes must be UTF-8.
 2. **Pre-scan the event stream.** ruamel's parser emits events without building
    anything and without recursion, so it is safe even on a file nested 10 000
-   levels deep. One walk over the events enforces the depth, alias and document
+   levels deep. One walk over the events enforces the depth, node, alias and document
    limits, refuses every tag outside the YAML core schema (``!!python/object``,
    ``!vault``, ...) and records where each document starts and ends in the text.
    ruamel runs libyaml here when ruamel.yaml.clib is installed (the usual
@@ -245,6 +245,7 @@ class _PreScan:
         self.limits = limits
         self.documents: list[_DocumentMarks] = []
         self.aliases = 0
+        self.nodes = 0
         self._open: list[bool] = []  # flow style of every open collection; its length is the depth
         self._anchors: dict[str, int] = {}
 
@@ -297,6 +298,11 @@ class _PreScan:
         self.documents[-1].content_end = int(event.end_mark.index)
 
     def _node(self, event: ScalarEvent | CollectionStartEvent) -> None:
+        # Counted here too, so a file of a million small values is refused after the first
+        # max_nodes of them, not after composing all of them (seconds for a 1 MiB file).
+        self.nodes += 1
+        if self.nodes > self.limits.max_nodes:
+            raise self._error(event, f"holds more than {self.limits.max_nodes} nodes")
         tag = event.ctag
         if tag is not None and str(tag) not in _ALLOWED_TAGS:
             raise self._error(
@@ -309,10 +315,14 @@ class _PreScan:
             self._open.append(bool(event.flow_style))
             if len(self._open) > self.limits.max_depth:
                 raise self._error(event, f"nested deeper than {self.limits.max_depth} levels")
-        elif event.value or event.start_mark.index != event.end_mark.index:
-            # An empty plain scalar (an empty document, 'key:' with no value) sits at
-            # the next token, so it says nothing about where the content ends.
-            self.documents[-1].content_end = int(event.end_mark.index)
+        else:
+            if _SURROGATE.search(event.value):
+                # Only the pure-Python parser lets "\\ud800" through; libyaml refuses it so.
+                raise self._error(event, f"invalid YAML: {_BAD_ESCAPE}")
+            if event.value or event.start_mark.index != event.end_mark.index:
+                # An empty plain scalar (an empty document, 'key:' with no value) sits at
+                # the next token, so it says nothing about where the content ends.
+                self.documents[-1].content_end = int(event.end_mark.index)
 
     def _remember_anchor(self, event: ScalarEvent | CollectionStartEvent) -> None:
         anchor = event.anchor
@@ -349,11 +359,31 @@ def _new_yaml() -> YAML:
     return _YAML(typ="safe", pure=_PURE_PYTHON)
 
 
+_BAD_ESCAPE = "found invalid Unicode character escape code (while parsing a quoted scalar)"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LONG_ESCAPE = re.compile(r"\\U([0-9A-Fa-f]{8})")
+
+
 def _prescan(text: str, source: str, limits: YamlLimits) -> _PreScan:
     scan = _PreScan(source, limits)
     with _yaml_errors(text, source):
-        scan.run(_new_yaml().parse(text))
+        try:
+            scan.run(_new_yaml().parse(text))
+        except (ValueError, OverflowError) as exc:
+            if isinstance(exc, ResourceError):
+                raise
+            # ruamel's pure-Python scanner hands an escape past U+10FFFF ("\\U00110000") to
+            # chr() and lets its error out; libyaml reports it as a YAML error. Found by tests/fuzz.
+            raise ResourceError(source, f"invalid YAML: {_BAD_ESCAPE}", line=_escape_line(text)) from None
     return scan
+
+
+def _escape_line(text: str) -> int | None:
+    """The line of the first ``\\UXXXXXXXX`` escape that names no Unicode character."""
+    for match in _LONG_ESCAPE.finditer(text):
+        if int(match.group(1), 16) > 0x10FFFF:
+            return len(_LINE_BREAK.findall(text, 0, match.start())) + 1
+    return None
 
 
 def _compose(text: str, source: str) -> list[Node]:
@@ -378,11 +408,14 @@ def _from_yaml_error(exc: YAMLError, text: str, source: str) -> ResourceError:
     if isinstance(exc, MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
-        line = _mark_line(mark) if mark is not None else None
+        last = len(_LINE_BREAK.findall(text)) + 1
+        # At the end of a text without a final line break ruamel points at the line after
+        # the last one; the last line is where the problem is.
+        line = min(_mark_line(mark), last) if mark is not None else None
         context = ""
         if exc.problem and exc.context:
             # "while parsing a flow sequence at line 3" says where the unclosed '[' is.
-            start = _mark_line(exc.context_mark) if exc.context_mark is not None else line
+            start = min(_mark_line(exc.context_mark), last) if exc.context_mark is not None else line
             context = f" ({exc.context})" if start == line else f" ({exc.context} at line {start})"
         return ResourceError(source, f"invalid YAML: {problem}{context}", line=line)
     if isinstance(exc, ReaderError) and isinstance(exc.position, int):

@@ -12,13 +12,19 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
 from chiffon.api.deps import ActorDep, OperatorDep, StoreDep
+from chiffon.api.schemas import ERROR_RESPONSES, SAFE_PARAMETERS, BodyText
 from chiffon.controllers.abort import AbortError, abort_intent
 
-router = APIRouter(prefix="/intents", tags=["approvals"], dependencies=[OperatorDep])
+router = APIRouter(
+    prefix="/intents",
+    tags=["approvals"],
+    dependencies=[SAFE_PARAMETERS, OperatorDep],
+    responses=ERROR_RESPONSES,
+)
 
 
 class AbortRequest(BaseModel):
-    reason: str = Field(default="", max_length=2000, description="why (kept in the audit trail)")
+    reason: BodyText = Field(default="", max_length=2000, description="why (kept in the audit trail)")
 
 
 @router.post("/{name}/abort")

@@ -16,11 +16,13 @@ from chiffon.api.agentview import (
     select_agents,
 )
 from chiffon.api.deps import StoreDep
-from chiffon.api.schemas import AgentCapacityResponse, ListResponse
+from chiffon.api.schemas import ERROR_RESPONSES, SAFE_PARAMETERS, AgentCapacityResponse, ListResponse
 from chiffon.resources import Agent, AgentKind
 from chiffon.store import Store
 
-router = APIRouter(prefix="/agents", tags=["agents"])
+router = APIRouter(
+    prefix="/agents", tags=["agents"], dependencies=[SAFE_PARAMETERS], responses=ERROR_RESPONSES
+)
 
 Parsed = TypeVar("Parsed")
 

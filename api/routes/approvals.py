@@ -26,11 +26,17 @@ from pydantic import BaseModel, Field
 
 from chiffon.api.auth import Principal, Role
 from chiffon.api.deps import ActorDep, ApproverDep, ContextDep, PrincipalDep, audit_denied
+from chiffon.api.schemas import ERROR_RESPONSES, SAFE_PARAMETERS, BodyText
 from chiffon.gitrepo import Identity
 from chiffon.resources import Approval, AuditEvent, Decision, DeploymentIntent, IntentStatus, Outcome
 from chiffon.store import Store
 
-router = APIRouter(prefix="/intents", tags=["approvals"], dependencies=[ApproverDep])
+router = APIRouter(
+    prefix="/intents",
+    tags=["approvals"],
+    dependencies=[ApproverDep, SAFE_PARAMETERS],
+    responses=ERROR_RESPONSES,
+)
 
 DIGEST_PATTERN = r"^[0-9a-f]{6,64}$"
 
@@ -41,11 +47,11 @@ class DecisionRequest(BaseModel):
         pattern=DIGEST_PATTERN,
         description="the plan digest (or its first 6+ characters) being decided; default: the current plan",
     )
-    reason: str = Field(default="", max_length=2000)
+    reason: BodyText = Field(default="", max_length=2000)
 
 
 class RejectRequest(DecisionRequest):
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: BodyText = Field(min_length=1, max_length=2000)
 
 
 @dataclass(frozen=True)

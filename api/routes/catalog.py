@@ -16,8 +16,11 @@ from fastapi import APIRouter, HTTPException, Query, status
 from chiffon.agents.catalog.discovery import EntryKind
 from chiffon.agents.catalog.index import MAX_LIMIT, MAX_QUERY_CHARS, Catalog, catalog_from_settings
 from chiffon.api.deps import ContextDep
+from chiffon.api.schemas import ERROR_RESPONSES, SAFE_PARAMETERS
 
-router = APIRouter(prefix="/catalog", tags=["catalog"])
+router = APIRouter(
+    prefix="/catalog", tags=["catalog"], dependencies=[SAFE_PARAMETERS], responses=ERROR_RESPONSES
+)
 
 
 def _catalog(context: ContextDep) -> Catalog:

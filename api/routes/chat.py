@@ -19,9 +19,10 @@ from pydantic import BaseModel, Field
 
 from chiffon.api.chat import ChatService, ConflictError, chat_service, proposal_to_wire
 from chiffon.api.deps import ActorDep, ChatRateDep, ContextDep, OperatorDep, StoreDep, WriterDep
+from chiffon.api.schemas import ERROR_RESPONSES, SAFE_PARAMETERS, BodyText
 from chiffon.resources.intent import Priority
 
-router = APIRouter(prefix="/chat", tags=["chat"])
+router = APIRouter(prefix="/chat", tags=["chat"], dependencies=[SAFE_PARAMETERS], responses=ERROR_RESPONSES)
 
 ID_PATTERN = r"^[a-z]-[0-9a-f]{6,32}$"
 
@@ -34,7 +35,7 @@ ChatDep = Annotated[ChatService, Depends(get_chat)]
 
 
 class ChatRequest(BaseModel):
-    message: str = Field(min_length=1, max_length=4000, description="what you want, in words")
+    message: BodyText = Field(min_length=1, max_length=4000, description="what you want, in words")
     conversation: str | None = Field(default=None, pattern=ID_PATTERN)
     intent: str | None = Field(
         default=None, max_length=63, description="an existing intent this message modifies"

@@ -6,8 +6,9 @@ from fastapi import APIRouter
 
 from chiffon import __version__
 from chiffon.api.deps import PrincipalDep, StoreDep
+from chiffon.api.schemas import ERROR_RESPONSES, SAFE_PARAMETERS
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], dependencies=[SAFE_PARAMETERS], responses=ERROR_RESPONSES)
 
 
 @router.get("/healthz")

@@ -18,11 +18,13 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from chiffon.api.deps import ActorDep, OperatorDep, StoreDep, WriterDep
-from chiffon.api.schemas import ApplyResponse
+from chiffon.api.schemas import ERROR_RESPONSES, SAFE_PARAMETERS, ApplyResponse, BodyText
 from chiffon.controllers.intents_writer import Revision
 from chiffon.resources import AuditEvent
 
-router = APIRouter(prefix="/intents", tags=["intents"])
+router = APIRouter(
+    prefix="/intents", tags=["intents"], dependencies=[SAFE_PARAMETERS], responses=ERROR_RESPONSES
+)
 
 AUDIT_LOOKBACK = 1000
 SOURCE_ACTIONS = ("intent.created", "intent.configured")
@@ -50,8 +52,10 @@ class HistoryResponse(BaseModel):
 
 
 class RollbackRequest(BaseModel):
-    to: str = Field(min_length=1, max_length=200, description="the revision to go back to")
-    reason: str | None = Field(default=None, max_length=2000, description="why; kept in the commit message")
+    to: BodyText = Field(min_length=1, max_length=200, description="the revision to go back to")
+    reason: BodyText | None = Field(
+        default=None, max_length=2000, description="why; kept in the commit message"
+    )
 
 
 def history_entries(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
 
 from chiffon.api.deps import ActorDep, OperatorDep, StoreDep, WriterDep
 from chiffon.api.schemas import (
+    ERROR_RESPONSES,
+    SAFE_PARAMETERS,
     AppliedIntentResponse,
     ApplyRequest,
     ApplyResponse,
@@ -16,7 +19,9 @@ from chiffon.api.schemas import (
 )
 from chiffon.controllers.intents_writer import SubmittedFile, validate_submission
 
-router = APIRouter(prefix="/intents", tags=["intents"])
+router = APIRouter(
+    prefix="/intents", tags=["intents"], dependencies=[SAFE_PARAMETERS], responses=ERROR_RESPONSES
+)
 
 
 def parse_selector(selector: str | None) -> dict[str, str] | None:
@@ -57,7 +62,8 @@ async def apply_intents(body: ApplyRequest, writer: WriterDep, actor: ActorDep) 
     """Validate every document, commit them to the intents repo as the caller, then sync."""
     files = [SubmittedFile(f.name, f.content.encode()) for f in body.files]
     if body.dry_run:
-        parsed = validate_submission(files)
+        # Parsing up to 16 MiB of YAML takes seconds: in a worker thread, not on the event loop.
+        parsed = await asyncio.to_thread(validate_submission, files)
         return ApplyResponse(
             revision=None,
             committed=False,

@@ -8,8 +8,9 @@ from fastapi import APIRouter, HTTPException, status
 
 from chiffon.api.deps import ContextDep
 from chiffon.api.postmortem import postmortem
+from chiffon.api.schemas import ERROR_RESPONSES, SAFE_PARAMETERS
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[SAFE_PARAMETERS], responses=ERROR_RESPONSES)
 
 
 @router.get("/{run_id}/postmortem")

@@ -9,11 +9,11 @@ from fastapi.responses import StreamingResponse
 
 from chiffon.api.deps import StoreDep
 from chiffon.api.runstream import follow_run, resume_after
-from chiffon.api.schemas import ListResponse
+from chiffon.api.schemas import ERROR_RESPONSES, MAX_DB_INT, SAFE_PARAMETERS, ListResponse
 from chiffon.resources import Run
 from chiffon.store import Store
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], dependencies=[SAFE_PARAMETERS], responses=ERROR_RESPONSES)
 
 
 async def _known_run(store: Store, run_id: str) -> Run:
@@ -40,7 +40,7 @@ async def get_run(run_id: str, store: StoreDep) -> dict[str, Any]:
 
 @router.get("/{run_id}/events", response_model=ListResponse)
 async def list_run_events(
-    run_id: str, store: StoreDep, after: Annotated[int, Query(ge=-1)] = -1
+    run_id: str, store: StoreDep, after: Annotated[int, Query(ge=-1, le=MAX_DB_INT)] = -1
 ) -> dict[str, Any]:
     """The events stored so far, in order; ``after`` skips those up to that ``seq``."""
     await _known_run(store, run_id)
@@ -56,7 +56,7 @@ async def list_run_events(
 async def stream_run(
     run_id: str,
     store: StoreDep,
-    after: Annotated[int, Query(ge=-1, description="start after this event seq")] = -1,
+    after: Annotated[int, Query(ge=-1, le=MAX_DB_INT, description="start after this event seq")] = -1,
     last_event_id: Annotated[
         str | None, Header(max_length=20, description="resume point sent by a reconnecting client")
     ] = None,
@@ -71,6 +71,9 @@ async def stream_run(
         start = resume_after(after, last_event_id)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=f"Last-Event-ID: {exc}") from None
+    if start > MAX_DB_INT:
+        detail = f"Last-Event-ID: {start} is past the last possible event id ({MAX_DB_INT})"
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=detail)
     return StreamingResponse(
         follow_run(store, run, start),
         media_type="text/event-stream",

@@ -7,9 +7,11 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from chiffon.api.deps import OperatorDep, SourceDep, StoreDep
-from chiffon.api.schemas import ListResponse
+from chiffon.api.schemas import ERROR_RESPONSES, SAFE_PARAMETERS, ListResponse
 
-router = APIRouter(prefix="/sources", tags=["sources"])
+router = APIRouter(
+    prefix="/sources", tags=["sources"], dependencies=[SAFE_PARAMETERS], responses=ERROR_RESPONSES
+)
 
 
 @router.get("", response_model=ListResponse)

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, Field
 
 from chiffon.agents.suggestions import lint, service
 from chiffon.agents.suggestions.findings import split_category
 from chiffon.api.deps import ActorDep, ContextDep, OperatorDep, StoreDep
+from chiffon.api.schemas import ERROR_RESPONSES, MAX_DB_INT, SAFE_PARAMETERS, BodyText
 from chiffon.store.records import SUGGESTION_STATUSES, Suggestion
 
-router = APIRouter(prefix="/suggestions", tags=["suggestions"])
+router = APIRouter(
+    prefix="/suggestions", tags=["suggestions"], dependencies=[SAFE_PARAMETERS], responses=ERROR_RESPONSES
+)
 
 STATUS_PATTERN = "^(" + "|".join(SUGGESTION_STATUSES) + ")$"
+SuggestionId = Annotated[int, Path(ge=0, le=MAX_DB_INT)]
 
 
 class AcceptRequest(BaseModel):
-    branch: str | None = Field(
+    branch: BodyText | None = Field(
         default=None,
         max_length=200,
         description="branch to commit on; default chiffon/suggestion-<id>, or the checked-out branch "
@@ -27,7 +31,7 @@ class AcceptRequest(BaseModel):
 
 
 class DismissRequest(BaseModel):
-    reason: str = Field(default="", max_length=2000)
+    reason: BodyText = Field(default="", max_length=2000)
 
 
 def suggestion_public(suggestion: Suggestion) -> dict[str, Any]:
@@ -87,7 +91,7 @@ async def scan(context: ContextDep) -> dict[str, Any]:
 
 
 @router.get("/{suggestion_id}")
-async def get_suggestion(suggestion_id: int, store: StoreDep) -> dict[str, Any]:
+async def get_suggestion(suggestion_id: SuggestionId, store: StoreDep) -> dict[str, Any]:
     try:
         found = await service.get_suggestion(store, suggestion_id)
     except service.SuggestionError as exc:
@@ -98,7 +102,7 @@ async def get_suggestion(suggestion_id: int, store: StoreDep) -> dict[str, Any]:
 
 @router.post("/{suggestion_id}/accept", dependencies=[OperatorDep])
 async def accept(
-    suggestion_id: int, body: AcceptRequest, context: ContextDep, actor: ActorDep
+    suggestion_id: SuggestionId, body: AcceptRequest, context: ContextDep, actor: ActorDep
 ) -> dict[str, Any]:
     """Apply the patch as a commit in homelab-infra, proven by ansible-lint; 422 if it does not help."""
     settings = context.settings
@@ -127,7 +131,7 @@ async def accept(
 
 @router.post("/{suggestion_id}/dismiss", dependencies=[OperatorDep])
 async def dismiss(
-    suggestion_id: int, body: DismissRequest, store: StoreDep, actor: ActorDep
+    suggestion_id: SuggestionId, body: DismissRequest, store: StoreDep, actor: ActorDep
 ) -> dict[str, Any]:
     try:
         found = await service.dismiss(store, suggestion_id, actor, reason=body.reason)

@@ -7,9 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, status
 
 from chiffon.api.deps import ContextDep
+from chiffon.api.schemas import ERROR_RESPONSES, SAFE_PARAMETERS
 from chiffon.api.summary import intent_summary
 
-router = APIRouter(prefix="/intents", tags=["intents"])
+router = APIRouter(
+    prefix="/intents", tags=["intents"], dependencies=[SAFE_PARAMETERS], responses=ERROR_RESPONSES
+)
 
 
 @router.get("/{name}/summary")

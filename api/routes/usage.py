@@ -15,9 +15,10 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from chiffon.agents.llm import LlmConfig, usage_report
 from chiffon.api.deps import ContextDep, StoreDep
+from chiffon.api.schemas import ERROR_RESPONSES, SAFE_PARAMETERS
 from chiffon.resources import parse_window
 
-router = APIRouter(prefix="/usage", tags=["usage"])
+router = APIRouter(prefix="/usage", tags=["usage"], dependencies=[SAFE_PARAMETERS], responses=ERROR_RESPONSES)
 
 
 @router.get("")

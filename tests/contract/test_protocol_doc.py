@@ -10,7 +10,15 @@ import pytest
 from chiffon.bus import DEAD_LETTER_QUEUE, HEARTBEATS_QUEUE, RESULTS_QUEUE, runs_queue
 from chiffon.bus.amqp import queue_arguments
 from chiffon.bus.base import MAX_DELIVERIES
-from chiffon.resources.messages import MessageType, RunRequest, decode_envelope
+from chiffon.resources.messages import (
+    MAX_ERROR_CHARS,
+    MAX_ID_CHARS,
+    MAX_INT32,
+    MAX_SECONDS,
+    MessageType,
+    RunRequest,
+    decode_envelope,
+)
 from chiffon.resources.run import run_id
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -48,3 +56,10 @@ def test_queue_names_and_limits_are_the_code_s() -> None:
     arguments = queue_arguments("q", DEAD_LETTER_QUEUE)
     assert f"| `x-delivery-limit` | `{arguments['x-delivery-limit']}` |" in TEXT
     assert f"at most **{MAX_DELIVERIES}** times" in TEXT
+
+
+def test_value_limits_are_the_code_s() -> None:
+    assert f"1\u2013{MAX_ID_CHARS} characters without a NUL" in TEXT  # an en dash, as in the doc
+    assert f"`seq` at most {MAX_INT32}" in TEXT and f"`rc` from\n  -{MAX_INT32 + 1}" in TEXT
+    assert f"at most {MAX_SECONDS} (about 31 years)" in TEXT
+    assert f"at most {MAX_ERROR_CHARS} characters" in TEXT

@@ -394,6 +394,70 @@ def test_protocol_error_for_oversized_names_the_limit() -> None:
         decode_envelope(b"{" + b" " * MAX_MESSAGE_BYTES + b"}")
 
 
+def payload_json(kind: MessageType, **changes: Any) -> bytes:
+    """A valid envelope of ``kind`` with fields of its payload changed (camelCase), as JSON text."""
+    wire = json.loads(encode_envelope(make_envelope(PAYLOADS[kind], message_id="m-1")))
+    wire["payload"].update(changes)
+    return json.dumps(wire).encode()
+
+
+# Found by tests/fuzz: each was accepted, and then either did not survive its own encoding
+# (NaN and infinity become null) or failed the controller's batch it arrived in (a value its
+# database columns cannot hold, a duration its date arithmetic cannot).
+@pytest.mark.parametrize(
+    ("kind", "changes", "where"),
+    [
+        pytest.param(MessageType.RUN_RESULT, {"durationSeconds": math.inf}, "durationSeconds", id="inf"),
+        pytest.param(MessageType.RUN_RESULT, {"durationSeconds": 1e300}, "durationSeconds", id="huge"),
+        pytest.param(MessageType.RUN_RESULT, {"usage": {"cpuSeconds": math.nan}}, "cpuSeconds", id="nan"),
+        pytest.param(MessageType.RUN_RESULT, {"rc": 2**31}, "rc", id="rc-int64"),
+        pytest.param(MessageType.RUN_RESULT, {"agentId": "a" * 201}, "agentId", id="long-agent"),
+        pytest.param(MessageType.RUN_ACCEPTED, {"runId": "r" * 201}, "runId", id="long-run-id"),
+        pytest.param(MessageType.RUN_EVENT, {"events": [{"seq": 2**31, "event": "x"}]}, "seq", id="seq"),
+        pytest.param(MessageType.HEARTBEAT, {"intervalSeconds": math.inf}, "intervalSeconds", id="inf-beat"),
+        pytest.param(MessageType.HEARTBEAT, {"intervalSeconds": 1e300}, "intervalSeconds", id="huge-beat"),
+        pytest.param(MessageType.HEARTBEAT, {"version": "v" * 201}, "version", id="long-version"),
+        pytest.param(MessageType.AGENT_OFFLINE, {"agentId": ""}, "agentId", id="empty-agent"),
+    ],
+)
+def test_decode_refuses_what_cannot_be_encoded_or_stored(
+    kind: MessageType, changes: dict[str, Any], where: str
+) -> None:
+    with pytest.raises(ProtocolError, match=where):
+        decode_envelope(payload_json(kind, **changes))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [pytest.param("k" * 100_000, id="huge-key"), pytest.param("a\nb\u2028c", id="line-breaks")],
+)
+def test_protocol_error_is_one_short_line_whatever_the_sender_wrote(key: str) -> None:
+    wire = json.loads(payload_json(MessageType.CANCEL_RUN))
+    wire["payload"][key] = 1
+    with pytest.raises(ProtocolError) as caught:
+        decode_envelope(json.dumps(wire).encode())
+    message = str(caught.value)
+    assert message.startswith("invalid chiffon/v1 message: payload.") and "Extra inputs" in message
+    assert len(message) <= 500 and message == " ".join(message.split())
+
+
+@pytest.mark.parametrize("field", ["sentAt", "deadline", "created"])
+def test_a_time_without_offset_is_read_as_utc(field: str) -> None:
+    """RFC 3339 times carry an offset; one without is UTC, so it encodes back as a valid date-time."""
+    naive = "2026-01-01T08:00:00"
+    if field == "sentAt":
+        body = json.dumps({**json.loads(payload_json(MessageType.CANCEL_RUN)), "sentAt": naive}).encode()
+    elif field == "deadline":
+        body = payload_json(MessageType.RUN_REQUEST, deadline=naive)
+    else:
+        body = payload_json(MessageType.RUN_EVENT, events=[{"seq": 0, "event": "x", "created": naive}])
+
+    envelope = decode_envelope(body)
+
+    assert naive + "Z" in encode_envelope(envelope).decode()
+    assert decode_envelope(encode_envelope(envelope)) == envelope
+
+
 # --------------------------------------------------------------------------- run ids
 
 RUN_INPUTS = ("uptime-kuma", 3, DIGEST, "deploy")

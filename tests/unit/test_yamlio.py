@@ -266,6 +266,35 @@ def test_node_limit_without_aliases_says_so() -> None:
         load_yaml_documents("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]", "x.yaml", YamlLimits(max_nodes=10))
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        pytest.param('a: "\\U00110000"\n', 1, id="past-U+10FFFF"),
+        pytest.param('b: 1\na: "x\\UFFFFFFFF"\n', 2, id="past-a-C-int"),
+        pytest.param('a: "\\ud800"\n', 1, id="lone-surrogate"),
+        pytest.param('"\\udfff": 1\n', 1, id="lone-surrogate-key"),
+    ],
+)
+def test_an_escape_that_names_no_character_is_a_yaml_error(parser: str, text: str, line: int) -> None:
+    """Found by tests/fuzz: ruamel's pure-Python parser raised ValueError/OverflowError on the first two
+    and read the others as text that cannot be encoded; libyaml refuses all four the same way."""
+    with pytest.raises(ResourceError, match="invalid Unicode character escape code") as caught:
+        load_yaml_documents(text, "x.yaml")
+    assert caught.value.line == line
+
+
+def test_too_many_nodes_are_refused_before_composing(parser: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by tests/fuzz: a 1 MiB list of small values was composed whole (seconds) before being refused."""
+
+    def never(text: str, source: str) -> list[object]:
+        raise AssertionError("composed a file the pre-scan should have refused")
+
+    monkeypatch.setattr(yamlio, "_compose", never)
+    text = "a: [" + "1," * (yamlio.DEFAULT_LIMITS.max_nodes + 10) + "1]\n"
+    with pytest.raises(ResourceError, match=r"x.yaml:1: holds more than 100000 nodes"):
+        load_yaml_documents(text, "x.yaml")
+
+
 def test_node_limit_counts_the_whole_file() -> None:
     text = "---\n[1, 2, 3]\n" * 4  # 4 documents of 4 nodes
     assert len(load_yaml_documents(text, "x.yaml", YamlLimits(max_nodes=16))) == 4
@@ -540,6 +569,21 @@ def test_file_level_error_is_the_only_error() -> None:
     assert result.intents == []
     (error,) = result.errors
     assert error.message.startswith("invalid YAML:")
+
+
+@pytest.mark.parametrize(
+    ("text", "lines"),
+    [
+        pytest.param("apiVersion: v1\nk", 2, id="no-final-newline"),
+        pytest.param("a: 1\nb: [\n", 3, id="after-a-final-newline"),
+        pytest.param("a: 1\r\nb", 2, id="crlf"),
+    ],
+)
+def test_an_error_at_the_end_points_at_the_last_line(parser: str, text: str, lines: int) -> None:
+    """Found by tests/fuzz: ruamel puts it on the line after the last one, which the file does not have."""
+    (error,) = parse_intents(text, "x.yaml").errors
+    assert error.message.startswith("invalid YAML:")
+    assert error.line == lines
 
 
 # --------------------------------------------------------------------------- edits
