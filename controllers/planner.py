@@ -1038,6 +1038,10 @@ class _Prepared:
 _PrepareKey = tuple[tuple[tuple[str | None, str | None], ...], str | None]
 
 
+# What a syntax check's verdict depends on: the step's target, its content hash, the inventory's.
+_SyntaxKey = tuple[str, str, str]
+
+
 class Planner:
     """Plans intents against one homelab-infra checkout; keep one per checkout to share its caches.
 
@@ -1054,11 +1058,13 @@ class Planner:
         self.goals = goals
         self._hasher = _FileHasher()
         self._facts: _BoundedCache[tuple[str, str], Any] = _BoundedCache()
-        self._syntax: _BoundedCache[tuple[str, str, str], ansible_cli.SyntaxCheckResult] = _BoundedCache()
+        self._syntax: _BoundedCache[_SyntaxKey, ansible_cli.SyntaxCheckResult] = _BoundedCache()
         self._groups: _BoundedCache[str, frozenset[str] | None] = _BoundedCache(1_000)
         self._configs: _BoundedCache[str, _AnsibleConfig] = _BoundedCache(100)
         # One semaphore per event loop: tests and tools may drive one Planner from several loops.
         self._limits: dict[int, asyncio.Semaphore] = {}
+        # Syntax checks under way, by event loop and cache key (see _check).
+        self._checks_running: dict[tuple[int, _SyntaxKey], asyncio.Future[ansible_cli.SyntaxCheckResult]] = {}
         # File walks under way, by what they walk (see _prepared).
         self._walks: dict[_PrepareKey, asyncio.Future[_Prepared]] = {}
 
@@ -1339,19 +1345,32 @@ class Planner:
         cached = self._syntax.get(key)
         if cached is not None:
             return cached
-        async with self._limiter():
-            if content.role_dir is not None and content.step.role:
-                verdict = await self._check_role(content.step.role, content.role_dir, inventory)
-            else:
-                assert content.step.playbook is not None
-                verdict = await ansible_cli.syntax_check(
-                    self.root,
-                    content.step.playbook,
-                    inventory=inventory.argument,
-                    timeout=SYNTAX_TIMEOUT_SECONDS,
-                )
+        # Single flight: intents planned together mostly share their playbooks, and a
+        # controller that has just started (its cache empty) used to run one check per
+        # intent, MAX_CONCURRENT_CHECKS at a time, for the same content: seconds each.
+        loop_id = id(asyncio.get_running_loop())
+        running = self._checks_running.get((loop_id, key))
+        if running is None:
+            running = asyncio.ensure_future(self._run_check(content, inventory))
+            self._checks_running[(loop_id, key)] = running
+            running.add_done_callback(lambda _: self._checks_running.pop((loop_id, key), None))
+        verdict = await asyncio.shield(running)
         self._syntax.put(key, verdict)
         return verdict
+
+    async def _run_check(
+        self, content: _StepContent, inventory: _InventoryContent
+    ) -> ansible_cli.SyntaxCheckResult:
+        async with self._limiter():
+            if content.role_dir is not None and content.step.role:
+                return await self._check_role(content.step.role, content.role_dir, inventory)
+            assert content.step.playbook is not None
+            return await ansible_cli.syntax_check(
+                self.root,
+                content.step.playbook,
+                inventory=inventory.argument,
+                timeout=SYNTAX_TIMEOUT_SECONDS,
+            )
 
     async def _check_role(
         self, role: str, role_dir: str, inventory: _InventoryContent

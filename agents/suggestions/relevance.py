@@ -6,7 +6,8 @@ controller's suggestion scanner (which service a new suggestion is audited under
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -43,19 +44,47 @@ def playbook_roles(infra_repo: Path | None, playbooks: Iterable[str]) -> set[str
     root = infra_repo.resolve()
     for playbook in playbooks:
         path = (root / playbook).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
-            continue
-        try:
-            parsed = parse_file(playbook, path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError):
-            continue
-        for play in parsed.plays if parsed else []:
-            found.update(role.rsplit(".", 1)[-1] for role in play.roles)
-            for task in play.tasks:
-                role = task.arg("name") if (task.short_module or "") in ROLE_MODULES else None
-                if isinstance(role, str):
-                    found.add(role.rsplit(".", 1)[-1])
+        if path.is_relative_to(root):
+            found |= _read_cached(path, _roles_named)
     return with_dependencies(root, found, _role_folders(root, playbooks))
+
+
+def _roles_named(playbook_text: str) -> frozenset[str]:
+    parsed = parse_file("playbook", playbook_text)
+    found: set[str] = set()
+    for play in parsed.plays if parsed else []:
+        found.update(role.rsplit(".", 1)[-1] for role in play.roles)
+        for task in play.tasks:
+            role = task.arg("name") if (task.short_module or "") in ROLE_MODULES else None
+            if isinstance(role, str):
+                found.add(role.rsplit(".", 1)[-1])
+    return frozenset(found)
+
+
+def _read_cached(path: Path, parse: Callable[[str], frozenset[str]]) -> frozenset[str]:
+    """``parse`` of the file's text, read again only when the file changes; empty when unreadable.
+
+    The summary card asks on every request (the page polls it), and parsing a playbook
+    with its roles' meta files took most of the request's time.
+    """
+    try:
+        stat = path.stat()
+    except OSError:
+        return frozenset()
+    if not path.is_file():
+        return frozenset()
+    return _parsed(path, stat.st_mtime_ns, stat.st_size, parse)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(
+    path: Path, _mtime_ns: int, _size: int, parse: Callable[[str], frozenset[str]]
+) -> frozenset[str]:
+    # The stat figures are part of the key: an edited file is a new entry, the old one ages out.
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return frozenset()
 
 
 #: How deep role dependencies are followed (meta/main.yml ``dependencies``); cycles stop sooner.
@@ -88,9 +117,9 @@ def _dependencies(root: Path, role: str, folders: Sequence[Path]) -> list[str]:
         meta = (folder / role / "meta" / "main.yml").resolve()
         if not meta.is_relative_to(root) or not meta.is_file():
             continue
-        try:
-            names = role_dependencies(meta.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError):
-            return []
-        return [name.rsplit(".", 1)[-1] for name in names]
+        return sorted(_read_cached(meta, _dependency_names))
     return []
+
+
+def _dependency_names(meta_text: str) -> frozenset[str]:
+    return frozenset(name.rsplit(".", 1)[-1] for name in role_dependencies(meta_text))

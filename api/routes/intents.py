@@ -45,8 +45,8 @@ async def list_intents(
     store: StoreDep,
     selector: Annotated[str | None, Query(alias="labelSelector", max_length=1000)] = None,
 ) -> dict[str, Any]:
-    intents = await store.list_intents(label_selector=parse_selector(selector))
-    return {"apiVersion": "v1", "kind": "List", "items": [intent.to_wire() for intent in intents]}
+    items = await store.intent_documents(label_selector=parse_selector(selector))
+    return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
 @router.get("/{name}")

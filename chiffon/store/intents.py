@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chiffon.resources import (
@@ -110,6 +110,42 @@ SOURCE_FIELDS = frozenset({"source_path", "source_revision"})
 def initial_status(source: SourceRef, now: datetime) -> IntentStatus:
     """Every condition Unknown: nothing has reconciled the intent yet."""
     return IntentStatus(conditions=initial_conditions(now=now), observed_revision=source.revision)
+
+
+def rows_select(*conditions: Any) -> Select[tuple[ResourceRow, ResourceStatusRow]]:
+    """Intents with their status rows (when they have one), by name."""
+    return (
+        select(ResourceRow, ResourceStatusRow)
+        .outerjoin(ResourceStatusRow, ResourceStatusRow.uid == ResourceRow.uid)
+        .where(ResourceRow.kind == KIND, *conditions)
+        .order_by(ResourceRow.name)
+    )
+
+
+def versions_select() -> Select[tuple[str, int, str, datetime, datetime]]:
+    """uid and the :func:`row_versions` of every intent (the last is None without a status row)."""
+    return (
+        select(
+            ResourceRow.uid,
+            ResourceRow.generation,
+            ResourceRow.source_revision,
+            ResourceRow.updated_at,
+            ResourceStatusRow.updated_at,
+        )
+        .outerjoin(ResourceStatusRow, ResourceStatusRow.uid == ResourceRow.uid)
+        .where(ResourceRow.kind == KIND)
+    )
+
+
+def row_versions(resource: ResourceRow, status: ResourceStatusRow | None) -> tuple[Any, ...]:
+    # Every write of a resource row moves its updated_at or its revision, and every status
+    # write (put_statuses) sets the status row's updated_at.
+    return (
+        resource.generation,
+        resource.source_revision,
+        resource.updated_at,
+        status.updated_at if status is not None else None,
+    )
 
 
 def intent_from_rows(resource: ResourceRow, status: ResourceStatusRow | None) -> DeploymentIntent:

@@ -8,6 +8,7 @@ scenarios about hashing switch them off to stay quick.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 from collections.abc import Awaitable, Callable
@@ -367,6 +368,26 @@ async def test_syntax_checks_are_cached_by_content(infra: Path, monkeypatch: pyt
     append(infra / "ansible/playbooks/kuma-config-update.yml", "# reviewed\n")
     await plan(planner, intent)
     assert calls[2:] == [KUMA_CONFIG]
+
+
+async def test_intents_planned_at_once_share_one_syntax_check(
+    infra: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A controller that has just started plans every intent at once with an empty cache: the same
+    playbook must be checked once, not once per intent (it made recovery after a restart slow)."""
+    calls: list[str] = []
+    real: Callable[..., Awaitable[ansible_cli.SyntaxCheckResult]] = ansible_cli.syntax_check
+
+    async def counting(root: Path, playbook: str | Path, **kwargs: Any) -> ansible_cli.SyntaxCheckResult:
+        calls.append(str(playbook))
+        return await real(root, playbook, **kwargs)
+
+    monkeypatch.setattr(ansible_cli, "syntax_check", counting)
+    planner = Planner(infra)
+    intents = [make_intent({"name": "deploy", "playbook": KUMA_DEPLOY}, service=f"s{i}") for i in range(8)]
+    plans = await asyncio.gather(*(plan(planner, intent) for intent in intents))
+    assert calls == [KUMA_DEPLOY]
+    assert len({p.steps[0].content_hash for p in plans}) == 1
 
 
 async def test_estimated_duration_from_history(shared_planner: Planner) -> None:

@@ -239,6 +239,38 @@ async def test_list_intents_sorted_and_filtered_by_labels(store: Store) -> None:
     assert all(i.status is not None for i in await store.list_intents())
 
 
+async def test_intent_documents_follow_every_write(store: Store) -> None:
+    """The API's intent list is remade for exactly the intents whose rows changed since the last call."""
+
+    def by_name(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {document["metadata"]["name"]: document for document in documents}
+
+    for name in ("a", "b", "c"):
+        await store.upsert_intent(make_intent(name, labels={"tier": name}), source(path=f"{name}.yaml"))
+    first = by_name(await store.intent_documents())
+    assert list(first) == ["a", "b", "c"]
+    assert [d.to_wire() for d in await store.list_intents()] == list(first.values())
+
+    changed = {**BASE_SPEC, "vars": {"kuma_port": 3002}}
+    edited = make_intent("a", spec=changed, labels={"tier": "a"})
+    await store.upsert_intent(edited, source(path="a.yaml", blob="2"))
+    await store.write_intent_status("b", IntentStatus(observed_generation=1, observed_revision="rev-9"))
+    await store.delete_intents(["c"])
+    await store.upsert_intent(make_intent("d", labels={"tier": "d"}), source(path="d.yaml"))
+    second = by_name(await store.intent_documents())
+
+    assert [d.to_wire() for d in await store.list_intents()] == list(second.values())
+    assert list(second) == ["a", "b", "d"]
+    assert second["a"]["spec"]["vars"] == {"kuma_port": 3002} and second["a"]["metadata"]["generation"] == 2
+    assert second["b"]["status"]["observedRevision"] == "rev-9"
+    assert second["b"] is not first["b"]
+    selected = await store.intent_documents(label_selector={"tier": "d"})
+    assert [d["metadata"]["name"] for d in selected] == ["d"]
+    # Nothing changed since: the same documents, not rebuilt.
+    third = by_name(await store.intent_documents())
+    assert all(third[name] is second[name] for name in second)
+
+
 async def test_intent_sources_by_source(store: Store) -> None:
     await store.upsert_intent(make_intent("a"), SourceRef("intents", "a.yaml", "b1", "r1"))
     await store.upsert_intent(make_intent("b"), SourceRef("intents", "dir/b.yaml", "b2", "r1"))

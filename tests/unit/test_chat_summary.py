@@ -197,6 +197,20 @@ def test_roles_named_by_the_example_playbooks() -> None:
     assert playbook_roles(infra, ["../../etc/passwd", "ansible/playbooks/missing.yml"]) == set()
 
 
+def test_roles_are_read_again_when_a_file_changes(tmp_path: Path) -> None:
+    """Parsed files are cached (the summary asks on every request), but never past an edit."""
+    playbook = tmp_path / "site.yml"
+    playbook.write_text("- hosts: all\n  roles: [web]\n")
+    meta = tmp_path / "roles" / "web" / "meta" / "main.yml"
+    meta.parent.mkdir(parents=True)
+    meta.write_text("dependencies: []\n")
+    assert playbook_roles(tmp_path, ["site.yml"]) == {"web"}
+    assert playbook_roles(tmp_path, ["site.yml"]) == {"web"}
+    playbook.write_text("- hosts: all\n  roles: [web, db]\n")
+    meta.write_text("dependencies: [common]\n")
+    assert playbook_roles(tmp_path, ["site.yml"]) == {"web", "db", "common"}
+
+
 def test_role_dependencies_are_followed_through_cycles_and_bad_meta(tmp_path: Path) -> None:
     roles = tmp_path / "roles"
     for name, meta in {
