@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from chiffon.bus import Bus
     from chiffon.controllers.manager import NamedLoop
     from chiffon.controllers.source import GitSource
+    from chiffon.gitsign import CommitSigner, VerifyConfig
     from chiffon.store import Store
 
 log = logging.getLogger("chiffon")
@@ -137,9 +138,18 @@ async def prepare_git_repos(settings: Settings) -> None:
         path = Path(intents)
         if settings.intents_repo is not None and not (path / ".git").exists():
             raise StartupError(f"intents repo {path} is not a git repository (run `git init` there)")
-        await GitRepo.init(
-            path, initial_files={"README.md": INTENTS_README}, message="Create the intents repo"
-        )
+        # With verified commits, the new repo's first commit is signed too (else the source refuses it).
+        signer = await open_signer(settings) if not (path / ".git").exists() else None
+        try:
+            await GitRepo.init(
+                path,
+                initial_files={"README.md": INTENTS_README},
+                message="Create the intents repo",
+                sign=signer.options if signer is not None else None,
+            )
+        finally:
+            if signer is not None:
+                signer.close()
     await GitRepo.init(
         settings.resolved_audit_repo,
         initial_files={"README.md": AUDIT_README},
@@ -188,10 +198,31 @@ async def open_source(settings: Settings, store: Store) -> GitSource:
         branch=settings.intents_branch,
         path=settings.intents_path,
         poll_interval=settings.git_poll_interval,
+        verify=verify_config(settings),
     )
     source = GitSource(config, store)
     await source.open()
     return source
+
+
+def verify_config(settings: Settings) -> VerifyConfig | None:
+    """How the intents repo's commits are verified; None when they are not (chiffon/gitsign.py)."""
+    from chiffon.gitsign import VerifyConfig
+
+    if settings.intents_verify_commits == "off" or settings.intents_trusted_keys is None:
+        return None
+    return VerifyConfig(
+        settings.intents_verify_commits, settings.intents_trusted_keys, settings.intents_signing_key
+    )
+
+
+async def open_signer(settings: Settings) -> CommitSigner | None:
+    """Chiffon's own signing key, when commits are verified and it has one."""
+    from chiffon.gitsign import CommitSigner
+
+    if settings.intents_verify_commits == "off" or settings.intents_signing_key is None:
+        return None
+    return await CommitSigner.open(settings.intents_verify_commits, settings.intents_signing_key)
 
 
 async def stored_tokens_exist(settings: Settings) -> bool:

@@ -12,7 +12,7 @@ import asyncio
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
@@ -74,12 +74,61 @@ class NewCommit:
     files: Mapping[str, bytes]
 
 
+@dataclass(frozen=True)
+class GitOptions:
+    """Extra ``-c`` settings and environment for one git call, e.g. the keys to sign or verify with.
+
+    Given per call, never written to a repo's config: the user's own keyring and
+    signing settings are neither read nor changed.
+    """
+
+    config: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CommitSignature:
+    """What git says of one commit's signature.
+
+    ``kind`` is read from the commit object itself (``gpg``, ``ssh``, ``x509``, or
+    None when it has no signature), so the caller can refuse a format it does not
+    trust before any keyring is asked. The rest is git's ``%G?`` (``status``),
+    ``%GK`` (``key``), ``%GF`` (``fingerprint``), ``%GP`` (``primary``: the primary
+    key of a GPG subkey) and ``%GS`` (``signer``: the user id or SSH principal).
+    """
+
+    kind: str | None
+    status: str = "N"
+    key: str = ""
+    fingerprint: str = ""
+    primary: str = ""
+    signer: str = ""
+
+
+_SIGNATURE_FORMAT = "%G?%x00%GK%x00%GF%x00%GP%x00%GS"
+_SIGNATURE_KINDS = {
+    b"-----BEGIN PGP SIGNATURE-----": "gpg",
+    b"-----BEGIN SSH SIGNATURE-----": "ssh",
+    b"-----BEGIN SIGNED MESSAGE-----": "x509",
+}
+
+
+def signature_kind(raw_commit: bytes) -> str | None:
+    """The format of a commit object's signature header, None when it is not signed."""
+    headers = raw_commit.split(b"\n\n", 1)[0]
+    for line in headers.split(b"\n"):
+        name, _, value = line.partition(b" ")
+        if name in (b"gpgsig", b"gpgsig-sha256"):
+            return _SIGNATURE_KINDS.get(value.strip(), "unknown")
+    return None
+
+
 def is_remote_url(location: str) -> bool:
     """True for anything git fetches over a transport, False for a local folder."""
     return "://" in location or bool(_SCP_LIKE.match(location))
 
 
-def _git_env(identity: Identity | None = None) -> dict[str, str]:
+def _git_env(identity: Identity | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
@@ -93,6 +142,7 @@ def _git_env(identity: Identity | None = None) -> dict[str, str]:
     env.setdefault("GIT_COMMITTER_EMAIL", CHIFFON_IDENTITY.email)
     env["GIT_AUTHOR_NAME"] = committer.name
     env["GIT_AUTHOR_EMAIL"] = committer.email
+    env.update(extra or {})
     return env
 
 
@@ -103,20 +153,27 @@ async def run_git(
     author: Identity | None = None,
     check: bool = True,
     time_limit: float = _GIT_TIMEOUT_SECONDS,
+    options: GitOptions | None = None,
 ) -> bytes:
-    """Run one git command and return its stdout; raise GitError with stderr on failure."""
+    """Run one git command and return its stdout; raise GitError with stderr on failure.
+
+    Commits are never signed by the user's own configuration (``commit.gpgSign``);
+    only an explicit ``-S`` with the keys in ``options`` signs (see GitRepo.commit).
+    """
+    config = [f"{key}={value}" for key, value in (options.config.items() if options else ())]
     process = await asyncio.create_subprocess_exec(
         "git",
         "-c",
         "core.quotePath=false",
         "-c",
         "commit.gpgSign=false",
+        *(item for setting in config for item in ("-c", setting)),
         *args,
         cwd=str(cwd) if cwd else None,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=_git_env(author),
+        env=_git_env(author, options.env if options else None),
     )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(stdin), time_limit)
@@ -152,15 +209,19 @@ class GitRepo:
         branch: str = DEFAULT_BRANCH,
         initial_files: Mapping[str, bytes] | None = None,
         message: str = "Initialise repository",
+        sign: GitOptions | None = None,
     ) -> GitRepo:
-        """Open the repo at ``path``, creating it with a first commit if it does not exist."""
+        """Open the repo at ``path``, creating it with a first commit if it does not exist.
+
+        ``sign``: the first commit is signed with these keys (see :meth:`commit`).
+        """
         repo = cls(path)
         if (path / ".git").exists():
             return repo
         path.mkdir(parents=True, exist_ok=True)
         await run_git(path, "init", "-q", "-b", branch)
         files = dict(initial_files or {"README.md": b"# Chiffon repository\n"})
-        await repo.commit(files, message, CHIFFON_IDENTITY)
+        await repo.commit(files, message, CHIFFON_IDENTITY, sign=sign)
         return repo
 
     @classmethod
@@ -244,6 +305,23 @@ class GitRepo:
         sha, name, email, subject = out.decode().rstrip("\n").split("\0")
         return CommitInfo(sha, Identity(name, email), subject)
 
+    async def signature(self, commit: str, options: GitOptions, *, kind: str) -> CommitSignature:
+        """The signature of ``commit`` as git checks it with the keys in ``options`` (for ``kind``).
+
+        An unsigned commit, or one signed in another format than ``kind``, is not
+        given to gpg or ssh-keygen at all: the caller refuses it by its ``kind``.
+        """
+        found = signature_kind(await self.git("cat-file", "commit", commit))
+        if found != kind:
+            return CommitSignature(kind=found)
+        # %GT is not asked for: git 2.39 aborts on it when gpg reports no trust level.
+        out = await self.git(
+            "log", "-1", "--no-show-signature", f"--format={_SIGNATURE_FORMAT}", commit, "--", options=options
+        )
+        fields = [*out.decode(errors="replace").strip("\n").split("\0"), "", "", "", "", ""]
+        status, key, fingerprint, primary, signer = fields[:5]
+        return CommitSignature(found, status or "N", key, fingerprint, primary, signer)
+
     async def uncommitted_files(self, under: str = "") -> list[str]:
         """Files changed in the working copy but not committed (they are not applied until committed)."""
         args = ["status", "--porcelain", "-z", "--untracked-files=all"]
@@ -269,11 +347,14 @@ class GitRepo:
         author: Identity,
         *,
         allow_empty: bool = False,
+        sign: GitOptions | None = None,
     ) -> str | None:
         """Write (bytes) or delete (None) files and commit exactly those paths.
 
         Returns the new commit, or None when the files already had that content.
         Other uncommitted edits in the working copy are left alone and not committed.
+        With ``sign`` (``gpg.format``, ``user.signingKey`` and the keyring's
+        environment) the commit is signed; a signing failure is a GitError.
         """
         async with self._write_lock:
             paths = [self._safe_path(relative) for relative in changes]
@@ -291,7 +372,9 @@ class GitRepo:
             args = ["commit", "-q", "-m", message]
             if allow_empty:
                 args.append("--allow-empty")
-            await self.git(*args, "--", *paths, author=author)
+            if sign is not None:
+                args.append("-S")
+            await self.git(*args, "--", *paths, author=author, options=sign)
             sha = await self.resolve("HEAD")
             assert sha is not None
             return sha

@@ -11,9 +11,9 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_HOME = Path("~/.local/share/chiffon").expanduser()
@@ -62,6 +62,29 @@ class Settings(BaseSettings):
         default=None, description="branch to read; default: the checked-out or the remote's default branch"
     )
     intents_path: str = Field(default="", description="folder inside the intents repo that holds intents")
+    # Signed commits (chiffon/gitsign.py, docs/install.md "Signed commits"), like Flux's spec.verify.
+    intents_verify_commits: Literal["off", "gpg", "ssh"] = Field(
+        default="off",
+        description="sync the intents repo only while the commit at the tip of its branch is signed by one "
+        "of intents_trusted_keys: gpg (OpenPGP; `openpgp` is accepted too) or ssh signatures, as git's "
+        "gpg.format; off: no check",
+    )
+    intents_trusted_keys: Path | None = Field(
+        default=None,
+        validate_default=True,
+        description="the keys commits must be signed with: for gpg a file of armored public keys "
+        "(gpg --export --armor KEYID), imported into a keyring of Chiffon's own, never yours; for ssh an "
+        "allowed signers file (git's gpg.ssh.allowedSignersFile: `alice@example.com ssh-ed25519 AAAA…`). "
+        "Re-read when it changes",
+    )
+    intents_signing_key: Path | None = Field(
+        default=None,
+        validate_default=True,
+        description="the key Chiffon signs its own commits to the intents repo with (apply, delete, "
+        "rollback, chat): for gpg an armored secret key, for ssh a private key file, without a passphrase; "
+        "its public key must be among intents_trusted_keys. Unset while commits are verified: the API "
+        "refuses to write (409) and people commit signed changes with git",
+    )
     infra_repo: Path | None = Field(default=None, description="the homelab-infra checkout")
     audit_repo: Path | None = None
     host: str = "127.0.0.1"
@@ -183,7 +206,44 @@ class Settings(BaseSettings):
             origins.append(cleaned)
         return origins
 
-    @field_validator("home", "infra_repo", "audit_repo", "catalog_cache_dir", mode="before")
+    @field_validator("intents_verify_commits", mode="before")
+    @classmethod
+    def _verify_mode(cls, value: Any) -> Any:
+        if value is False:
+            return "off"  # `intents_verify_commits: false` means what it says
+        if isinstance(value, str):
+            cleaned = value.strip().lower()
+            return "gpg" if cleaned == "openpgp" else cleaned
+        return value
+
+    @field_validator("intents_trusted_keys")
+    @classmethod
+    def _trusted_keys_needed(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        mode = info.data.get("intents_verify_commits")
+        if mode in ("gpg", "ssh") and value is None:
+            what = "a file of armored public keys" if mode == "gpg" else "an allowed signers file"
+            raise ValueError(f"intents_verify_commits={mode} needs intents_trusted_keys: {what}")
+        return value
+
+    @field_validator("intents_signing_key")
+    @classmethod
+    def _signing_needs_verification(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("intents_verify_commits", "off") == "off":
+            raise ValueError(
+                "intents_signing_key is set but intents_verify_commits is off; set it to gpg or ssh, "
+                "the format of the key"
+            )
+        return value
+
+    @field_validator(
+        "home",
+        "infra_repo",
+        "audit_repo",
+        "catalog_cache_dir",
+        "intents_trusted_keys",
+        "intents_signing_key",
+        mode="before",
+    )
     @classmethod
     def _expand_user(cls, value: Any) -> Any:
         return Path(str(value)).expanduser() if value not in (None, "") else value

@@ -16,6 +16,13 @@ its file and their comments stay). Nothing is rewritten: the commit is new, so
 the intent gets a new generation, is planned again and goes through approval
 like any change. Other intents changed since ``REV`` are left alone, which a
 plain ``git revert`` of whole commits would not do.
+
+When the source verifies commits (``intents_verify_commits``), a commit by
+Chiffon is signed with its own key (``intents_signing_key``), or not made at
+all: without a key the writer refuses (SigningRequiredError, a 409 from the
+API) rather than commit something the source would then refuse. It also
+refuses to build on a tip that is not validly signed: signing on top of it
+would vouch for whatever that commit brought in.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 
 from chiffon.controllers.source import GitSource, SyncReport, is_intent_file
-from chiffon.gitrepo import GitError, Identity
+from chiffon.gitrepo import GitError, GitOptions, Identity
 from chiffon.resources.yamlio import ParsedIntent, ResourceError, parse_intents, replace_document
 from chiffon.store import Store
 
@@ -86,6 +93,10 @@ class ApplyError(ValueError):
 
 class NotFoundError(LookupError):
     pass
+
+
+class SigningRequiredError(GitError):
+    """Commits must be signed and Chiffon cannot sign this one; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -319,8 +330,9 @@ class IntentsWriter:
         source = self.source
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             ref = await self._prepare_checkout()
-            changes = await build(ref)
-            sha = await source.repo.commit(changes, message, author)
+            changes = await build(ref)  # first, so that a request that is wrong anyway says so
+            sign = await self._signing(ref)
+            sha = await source.repo.commit(changes, message, author, sign=sign)
             if sha is None:
                 return False
             if not source.config.is_remote:
@@ -333,6 +345,28 @@ class IntentsWriter:
                     raise
                 log.info("push rejected (attempt %d), rebuilding on the new tip: %s", attempt, exc)
         return False
+
+    async def _signing(self, ref: str) -> GitOptions | None:
+        """How to sign the next commit on ``ref``: None when commits are not verified; else Chiffon's key,
+        provided the commit it builds on is itself validly signed."""
+        verifier = self.source.verifier
+        if verifier is None:
+            return None
+        if verifier.signer is None:
+            raise SigningRequiredError(
+                f"commits to the intents repo must be signed (intents_verify_commits={verifier.mode}) and "
+                "Chiffon has no key to sign with: set intents_signing_key to a key among "
+                "intents_trusted_keys, or commit the change signed with git yourself"
+            )
+        tip = await self.source.repo.resolve(ref)
+        if tip is not None:
+            verdict = await verifier.verify(self.source.repo, tip)
+            if not verdict.ok:
+                raise SigningRequiredError(
+                    f"Chiffon signs its commits, and will not sign one on top of an unverified commit: "
+                    f"{verdict.describe()}; push a commit signed by a trusted key first"
+                )
+        return verifier.signer.options
 
     async def _prepare_checkout(self) -> str:
         """Return the ref to build on; for a remote, reset Chiffon's own clone to the fetched tip."""

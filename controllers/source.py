@@ -10,6 +10,14 @@ decide what to upsert and what to prune (pure functions below), then write.
 One bad file is reported with its path and line and does not stop the others;
 intents that came from a file that cannot be read right now are kept, never
 pruned, so a typo cannot delete a deployment.
+
+With commit verification on (``SourceConfig.verify``, like Flux's
+``spec.verify``), the commit at the tip of the ref must be signed by a trusted
+key before anything is read from it. A tip that is not is refused as a whole:
+the store keeps the intents of the last commit that was synced (nothing is
+upserted or pruned), the source status says which commit was refused and why,
+and one ``source.verify`` audit event records it. The next validly signed tip
+syncs as usual and clears the error. See :mod:`chiffon.gitsign`.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from chiffon.controllers.manager import sleep_until
 from chiffon.gitrepo import GitError, GitRepo, TreeEntry, is_remote_url, watch_changes
+from chiffon.gitsign import CommitVerifier, Verdict, VerifyConfig
 from chiffon.resources import AuditEvent, DeploymentIntent, FileError, Outcome, SourceStatus
 from chiffon.resources.yamlio import ParsedIntent, ParseResult, ResourceError, YamlDocument, parse_intents
 from chiffon.store import SourceRef, Store, StoreError, UpsertResult
@@ -34,6 +43,7 @@ FREEZE_AFTER_PARSING = 200
 
 INTENT_SUFFIXES = (".yaml", ".yml")
 SOURCE_ACTOR = "git-source"
+VERIFY_ACTION = "source.verify"
 RESYNC_INTERVAL_SECONDS = 300.0
 MAX_BACKOFF_SECONDS = 300.0
 STATUS_REFRESH = timedelta(minutes=1)
@@ -135,6 +145,12 @@ def revision_for(want: DesiredIntent, have: SourceRef | None, head: str) -> str:
     return have.revision if have is not None and have.blob == want.blob else head
 
 
+def refusal_message(verdict: Verdict, kept: str | None) -> str:
+    """The status error for a tip that failed verification: which commit, why, and what stays."""
+    stays = f"the intents stay as they were at {kept[:7]}" if kept else "the intents stay as they are"
+    return f"{verdict.describe()}; not synced, {stays} until a commit signed by a trusted key is on top"
+
+
 # The source -------------------------------------------------------------------------------
 
 
@@ -147,6 +163,7 @@ class SourceConfig:
     path: str = ""
     poll_interval: float = 60.0
     resync_interval: float = RESYNC_INTERVAL_SECONDS
+    verify: VerifyConfig | None = None  # commits must be signed (None: no check)
 
     @property
     def is_remote(self) -> bool:
@@ -161,6 +178,7 @@ class SyncReport:
     unchanged: int = 0
     errors: list[FileError] = field(default_factory=list)
     blobs: dict[str, str] = field(default_factory=dict)  # every intent defined at the ref -> its blob
+    refused: str | None = None  # why the tip was not synced (commit verification); revision is then None
 
     @property
     def changed(self) -> list[str]:
@@ -189,16 +207,31 @@ class GitSource:
         self._saved: SourceStatus | None = None
         # name -> blob this source last told its listeners about (see sync)
         self._announced: dict[str, str] = {}
+        # The last source.verify audit event, (outcome, commit): refusals are audited once per commit,
+        # across restarts too. Read from the store when first needed.
+        self._verify_audited: tuple[Outcome, str | None] | None = None
+        self._verify_audit_read = False
         self.repo = GitRepo(config.checkout_dir if config.is_remote else Path(config.location))
+        self.verifier = CommitVerifier(config.verify) if config.verify is not None else None
 
     # Where to read ---------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Clone a remote repo, or check that a local one exists."""
+        """Clone a remote repo, or check that a local one exists; load the keys commits are verified with.
+
+        A key file that cannot be used raises SignatureConfigError (a GitError) naming the setting.
+        """
+        if self.verifier is not None:
+            await self.verifier.open()
         if self.config.is_remote:
             self.repo = await GitRepo.clone(self.config.location, self.config.checkout_dir)
         elif not (Path(self.config.location) / ".git").exists():
             raise GitError(f"intents repo {self.config.location} is not a git repository")
+
+    def close(self) -> None:
+        """Delete the private keyrings of commit verification (also done at exit)."""
+        if self.verifier is not None:
+            self.verifier.close()
 
     async def ref(self) -> str:
         if self.config.is_remote:
@@ -226,7 +259,12 @@ class GitSource:
                 message = f"{await self.ref()} has no commits yet"
                 await self._save_status(None, [], error=message)
                 return SyncReport(revision=None)
-            report = await self._converge(revision)
+            verdict = await self.verifier.verify(self.repo, revision) if self.verifier is not None else None
+            if verdict is not None and not verdict.ok:
+                return await self._refuse(verdict)
+            report = await self._converge(revision, verdict.key if verdict is not None else None)
+            if verdict is not None:
+                await self._verified(verdict)
             news = self._news(report)
         if news:
             for listener in self._listeners:
@@ -241,7 +279,7 @@ class GitSource:
         moved = {name for name, blob in report.blobs.items() if before.get(name) != blob}
         return sorted(set(report.changed) | moved | (before.keys() - report.blobs.keys()))
 
-    async def _converge(self, revision: str) -> SyncReport:
+    async def _converge(self, revision: str, signed_by: str | None = None) -> SyncReport:
         entries = [
             entry
             for entry in await self.repo.list_files(revision, self.config.path)
@@ -275,14 +313,14 @@ class GitSource:
             report.results = await self.store.upsert_intents(
                 upserts,
                 now=self._clock(),
-                audit=lambda result: self._upsert_audit(desired[result.name], result, author),
+                audit=lambda result: self._upsert_audit(desired[result.name], result, author, signed_by),
             )
         report.pruned = await self.store.delete_intents(plan.prunes) if plan.prunes else []
         for name in report.pruned:
-            pruned = self._audit_event("intent.pruned", name, author, revision, {"path": known[name].path})
-            await self.store.record_audit(pruned)
+            details = _signed({"path": known[name].path}, signed_by)
+            await self.store.record_audit(self._audit_event("intent.pruned", name, author, revision, details))
         await self._audit_errors(errors, revision)
-        await self._save_status(revision, errors, intents=len(desired))
+        await self._save_status(revision, errors, intents=len(desired), signed_by=signed_by)
         return report
 
     async def _parse(self, entries: Sequence[TreeEntry]) -> list[ParsedFile]:
@@ -306,9 +344,76 @@ class GitSource:
         except GitError:
             return SOURCE_ACTOR
 
+    # Commit verification ----------------------------------------------------------------
+
+    async def _refuse(self, verdict: Verdict) -> SyncReport:
+        """Leave the store as it is; say in the status (and once in the audit) which commit and why."""
+        last = self._saved or await self._stored_status()
+        message = refusal_message(verdict, last.revision if last is not None else None)
+        if await self._last_verify_audit() != (Outcome.FAILURE, verdict.commit):
+            log.warning("source %s: %s", self.config.name, message)
+            await self._audit_verify(verdict, Outcome.FAILURE, message)
+        if last is not None:
+            await self._save_status(
+                last.revision, last.file_errors, intents=last.intents, error=message, signed_by=last.signed_by
+            )
+        else:
+            known = await self.store.intent_sources(self.config.name)
+            await self._save_status(None, [], intents=len(known), error=message)
+        return SyncReport(revision=None, refused=message)
+
+    async def _verified(self, verdict: Verdict) -> None:
+        """After a refusal, record once that a signed tip put the source back in step."""
+        last = await self._last_verify_audit()
+        if last is None or last[0] != Outcome.FAILURE:
+            return
+        message = f"{verdict.describe()}; synced again"
+        log.info("source %s: %s", self.config.name, message)
+        await self._audit_verify(verdict, Outcome.SUCCESS, message)
+
+    async def _last_verify_audit(self) -> tuple[Outcome, str | None] | None:
+        if not self._verify_audit_read:
+            events = await self.store.list_audit(
+                resource=f"GitSource/{self.config.name}", action=VERIFY_ACTION, limit=1
+            )
+            self._verify_audited = (events[0].outcome, events[0].revision) if events else None
+            self._verify_audit_read = True
+        return self._verify_audited
+
+    async def _audit_verify(self, verdict: Verdict, outcome: Outcome, message: str) -> None:
+        details: dict[str, object] = {
+            "reason": verdict.reason,
+            "message": message,
+            "author": await self._author(verdict.commit),
+        }
+        if verdict.key:
+            details["key"] = verdict.key
+        if verdict.signer:
+            details["signer"] = verdict.signer
+        event = AuditEvent(
+            time=self._clock(),
+            actor=SOURCE_ACTOR,
+            action=VERIFY_ACTION,
+            resource=f"GitSource/{self.config.name}",
+            outcome=outcome,
+            revision=verdict.commit,
+            details=details,
+        )
+        await self.store.record_audit(event)
+        self._verify_audited = (outcome, verdict.commit)
+
+    async def _stored_status(self) -> SourceStatus | None:
+        """This source's status as the store has it (after a restart, before this process wrote one)."""
+        for status in await self.store.list_source_statuses():
+            if status.name == self.config.name:
+                return status
+        return None
+
     # Records ----------------------------------------------------------------------------
 
-    def _upsert_audit(self, want: DesiredIntent, result: UpsertResult, author: str) -> AuditEvent | None:
+    def _upsert_audit(
+        self, want: DesiredIntent, result: UpsertResult, author: str, signed_by: str | None = None
+    ) -> AuditEvent | None:
         if result.outcome == "unchanged":
             return None
         return self._audit_event(
@@ -316,7 +421,7 @@ class GitSource:
             result.name,
             author,
             result.revision,
-            {"path": want.path, "generation": result.generation},
+            _signed({"path": want.path, "generation": result.generation}, signed_by),
             service=want.intent.service,
         )
 
@@ -359,7 +464,13 @@ class GitSource:
         )
 
     async def _save_status(
-        self, revision: str | None, errors: list[FileError], *, intents: int = 0, error: str | None = None
+        self,
+        revision: str | None,
+        errors: list[FileError],
+        *,
+        intents: int = 0,
+        error: str | None = None,
+        signed_by: str | None = None,
     ) -> None:
         uncommitted: list[str] = []
         if not self.config.is_remote:
@@ -380,6 +491,7 @@ class GitSource:
             intents=intents,
             file_errors=errors,
             uncommitted=uncommitted,
+            signed_by=signed_by,
         )
         if not status_worth_writing(self._saved, status, now):
             return
@@ -432,6 +544,11 @@ class GitSource:
             await self._save_status(None, self._last_errors, error=str(exc))
         except (StoreError, GitError, OSError):
             log.debug("could not record the sync failure", exc_info=True)
+
+
+def _signed(details: dict[str, object], signed_by: str | None) -> dict[str, object]:
+    """Audit details, with the key that signed the commit when commits are verified."""
+    return {**details, "signedBy": signed_by} if signed_by else details
 
 
 def parse_blobs(contents: Mapping[str, bytes]) -> dict[str, ParseResult]:

@@ -33,3 +33,8 @@ class SourceStatus(Model):
     intents: int = 0
     file_errors: list[FileError] = Field(default_factory=list)
     uncommitted: list[str] = Field(default_factory=list, description="changed files not yet committed")
+    signed_by: str | None = Field(
+        default=None,
+        description="the key that signed `revision` (a GPG fingerprint or an SSH SHA256 fingerprint), "
+        "when the source verifies commits",
+    )
