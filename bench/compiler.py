@@ -417,7 +417,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "refusals": accuracy(refused_items),
             "unstable_between_passes": unstable,
         },
-        "latency": {"repeat": args.repeat, "all_passes": latency(all_ms), "first_pass": latency(first_ms)},
+        "latency": {
+            "repeat": args.repeat,
+            "all_passes": latency(all_ms),
+            "first_pass": latency(first_ms),
+            "first_pass_ms": [round(ms, 2) for ms in first_ms],
+        },
         "slowest_first_pass": [{"request": r, "ms": s * 1000} for s, r in slowest],
         "misses": [
             {
