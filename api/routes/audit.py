@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, status
+from pydantic import BeforeValidator
 
 from chiffon.api.deps import StoreDep
 from chiffon.api.schemas import ERROR_RESPONSES, SAFE_PARAMETERS, ListResponse
@@ -28,10 +30,26 @@ def in_utc(since: datetime) -> datetime:
         ) from None
 
 
+_RFC3339_START = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def rfc3339_only(value: object) -> object:
+    """Refuse what is not RFC 3339 (documented), such as a number, which pydantic reads as Unix time.
+
+    Found by tests/fuzz (schemathesis): ``since=0.0`` was answered as if it were 1970.
+    """
+    if isinstance(value, str) and not _RFC3339_START.match(value):
+        raise ValueError(f"{value!r} is not an RFC 3339 time; write e.g. 2026-11-30T10:00:00Z")
+    return value
+
+
+Since = Annotated[datetime, BeforeValidator(rfc3339_only)]
+
+
 @router.get("", response_model=ListResponse)
 async def list_audit(
     store: StoreDep,
-    since: datetime | None = None,
+    since: Since | None = None,
     service: Annotated[str | None, Query(max_length=100)] = None,
     actor: Annotated[str | None, Query(max_length=200)] = None,
     resource: Annotated[str | None, Query(max_length=300)] = None,

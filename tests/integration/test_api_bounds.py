@@ -100,6 +100,13 @@ async def test_audit_since_is_read_in_utc(api: httpx.AsyncClient) -> None:
     assert "out of range" in out_of_range.json()["detail"]
 
 
+@pytest.mark.parametrize("number", ["0.0", "1700000000", "-5", "+12.5", "1.94e+16", "now"])
+async def test_audit_since_is_not_read_as_unix_time(api: httpx.AsyncClient, number: str) -> None:
+    response = await api.get("/api/v1/audit", params={"since": number})
+    assert response.status_code == 422, response.text
+    assert "RFC 3339" in response.text
+
+
 @pytest.mark.parametrize(
     ("url", "body"),
     [
