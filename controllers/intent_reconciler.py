@@ -287,6 +287,12 @@ class IntentReconciler:
                 now=state.now,
             )
         except PlanError as error:
+            before = find_condition(state.status.conditions, ConditionType.PLANNED)
+            if before is None or (before.status, before.message) != (ConditionStatus.FALSE, error.message):
+                # Audited once per new refusal (a path escaping the repo, a broken playbook), not
+                # on every retry.
+                details: dict[str, object] = {"reason": error.reason, "message": error.message}
+                self._audit(state, "plan", details, Outcome.FAILURE)
             state.condition(ConditionType.PLANNED, ConditionStatus.FALSE, error.reason, error.message)
             state.status.blocked_by = f"no plan: {error.message}"
             state.stalled = Stalled(error.reason, error.message)

@@ -194,6 +194,12 @@ async def test_missing_playbook_is_reported_as_planned_false(world: World) -> No
     assert await world.condition("kuma", "Planned") == ("False", "PlaybookNotFound")
     assert await world.condition("kuma", "Stalled") == ("True", "PlaybookNotFound")
     assert await world.condition("kuma", "Approved") == ("Unknown", "NotReached")
+    world.clock.advance(stopped.requeue_after + 1)
+    assert isinstance(await world.reconcile("kuma"), Waiting)
+    # The refusal is audited once, not on every retry.
+    [refused] = await world.store.list_audit(action="plan", resource="DeploymentIntent/kuma")
+    assert refused.outcome == "failure" and refused.details["reason"] == "PlaybookNotFound"
+    assert "nope.yml" in str(refused.details["message"])
 
 
 async def test_a_converged_intent_is_not_written_again(world: World) -> None:
