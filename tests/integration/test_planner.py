@@ -350,7 +350,9 @@ async def test_collection_role_step(infra: Path) -> None:
 # --------------------------------------------------------------------------- caching and estimates
 
 
-async def test_syntax_checks_are_cached_by_content(infra: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def syntax_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The playbooks ansible's syntax check runs on, in order (the real check still runs)."""
     calls: list[str] = []
     real: Callable[..., Awaitable[ansible_cli.SyntaxCheckResult]] = ansible_cli.syntax_check
 
@@ -359,6 +361,11 @@ async def test_syntax_checks_are_cached_by_content(infra: Path, monkeypatch: pyt
         return await real(root, playbook, **kwargs)
 
     monkeypatch.setattr(ansible_cli, "syntax_check", counting)
+    return calls
+
+
+async def test_syntax_checks_are_cached_by_content(infra: Path, syntax_calls: list[str]) -> None:
+    calls = syntax_calls
     planner = Planner(infra)
     intent = load_example("uptime-kuma")
     first = await plan(planner, intent)
@@ -370,23 +377,13 @@ async def test_syntax_checks_are_cached_by_content(infra: Path, monkeypatch: pyt
     assert calls[2:] == [KUMA_CONFIG]
 
 
-async def test_intents_planned_at_once_share_one_syntax_check(
-    infra: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_intents_planned_at_once_share_one_syntax_check(infra: Path, syntax_calls: list[str]) -> None:
     """A controller that has just started plans every intent at once with an empty cache: the same
     playbook must be checked once, not once per intent (it made recovery after a restart slow)."""
-    calls: list[str] = []
-    real: Callable[..., Awaitable[ansible_cli.SyntaxCheckResult]] = ansible_cli.syntax_check
-
-    async def counting(root: Path, playbook: str | Path, **kwargs: Any) -> ansible_cli.SyntaxCheckResult:
-        calls.append(str(playbook))
-        return await real(root, playbook, **kwargs)
-
-    monkeypatch.setattr(ansible_cli, "syntax_check", counting)
     planner = Planner(infra)
     intents = [make_intent({"name": "deploy", "playbook": KUMA_DEPLOY}, service=f"s{i}") for i in range(8)]
     plans = await asyncio.gather(*(plan(planner, intent) for intent in intents))
-    assert calls == [KUMA_DEPLOY]
+    assert syntax_calls == [KUMA_DEPLOY]
     assert len({p.steps[0].content_hash for p in plans}) == 1
 
 
