@@ -262,24 +262,28 @@ class Store:
             versions = {
                 uid: tuple(key) for uid, *key in (await session.execute(intents.versions_select())).all()
             }
-            stale = [uid for uid, key in versions.items() if self._documents.get(uid, ((),))[0] != key]
+            found = {uid: self._documents[uid][1] for uid, key in versions.items() if self._cached(uid, key)}
+            stale = [uid for uid in versions if uid not in found]
             for chunk in intents.chunked(stale):
                 statement = intents.rows_select(ResourceRow.uid.in_(chunk))
                 for resource, status in (await session.execute(statement)).all():
                     document = intents.intent_from_rows(resource, status).to_wire()
                     self._documents[resource.uid] = (intents.row_versions(resource, status), document)
+                    found[resource.uid] = document
         for uid in self._documents.keys() - versions.keys():
             del self._documents[uid]
-        documents = sorted(
-            (self._documents[uid][1] for uid in versions if uid in self._documents),
-            key=lambda document: str(document["metadata"]["name"]),
-        )
+        # From what this call read (another call may have replaced cache entries meanwhile).
+        documents = sorted(found.values(), key=lambda document: str(document["metadata"]["name"]))
         wanted = dict(label_selector or {})
         return [
             document
             for document in documents
             if all(document["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())
         ]
+
+    def _cached(self, uid: str, versions: tuple[Any, ...]) -> bool:
+        entry = self._documents.get(uid)
+        return entry is not None and entry[0] == versions
 
     async def intents_and_runs(
         self, names: Iterable[str], *, runs_each: int = 50
