@@ -732,7 +732,7 @@ def run_children(
     process; it forwards one SIGINT to every running child and waits while they
     clean up (a second Ctrl-C stops waiting and kills them).
     """
-    with tempfile.TemporaryDirectory(prefix="chiffon-bench-out-") as scratch, _sigterm_interrupts():
+    with tempfile.TemporaryDirectory(prefix="chiffon-bench-out-") as scratch, sigterm_interrupts():
         pending = list(enumerate(setups))
         running: list[tuple[int, str, subprocess.Popen[bytes], Path, Path]] = []
         finished: dict[int, list[dict[str, Any]]] = {}
@@ -775,7 +775,7 @@ def run_children(
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
+def sigterm_interrupts() -> Iterator[None]:
     """While waiting for children, SIGTERM is handled like Ctrl-C: they get to clean up."""
 
     def interrupt(*_: object) -> None:

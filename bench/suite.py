@@ -69,6 +69,7 @@ from bench.common import (  # noqa: E402
     load_average,
     machine,
     now_iso,
+    sigterm_interrupts,
 )
 
 BASELINE = ROOT / "bench" / "baseline-quick.json"
@@ -293,7 +294,7 @@ def run_units(
     pending = [(unit, 1) for unit in units]
     running: list[tuple[Unit, int, subprocess.Popen[bytes], Path, Path, float]] = []
     done: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="chiffon-bench-suite-") as scratch, _sigterm_interrupts():
+    with tempfile.TemporaryDirectory(prefix="chiffon-bench-suite-") as scratch, sigterm_interrupts():
         try:
             while pending or running:
                 while pending and len(running) < max(1, jobs):
@@ -397,18 +398,6 @@ def _why(part: dict[str, Any]) -> str:
         if _is_row(row) and row.get("measured") is None:
             return str(row.get("summary", "not measured"))
     return "the broker dropped while it measured (DISTURBED)"
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Any:
-    def interrupt(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # The report -------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from chiffon.resources.messages import MAX_EVENT_OUTPUT, MessageType
+from tests.fuzz.harness import node_paths
 
 ids = st.text(
     st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=40
@@ -214,17 +215,6 @@ hostile_values = st.one_of(
 )
 
 
-def _paths(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix]
-    if isinstance(data, dict):
-        for key, value in data.items():
-            found += _paths(value, (*prefix, key))
-    elif isinstance(data, list):
-        for index, value in enumerate(data):
-            found += _paths(value, (*prefix, index))
-    return found
-
-
 def _set(data: Any, path: tuple[Any, ...], change: str, value: Any) -> Any:
     if not path:
         return value
@@ -250,7 +240,7 @@ def mutated_envelopes(draw: st.DrawFn) -> Any:
     """A valid envelope's data changed at one to four places (it may still be valid)."""
     data: Any = draw(valid_envelopes())
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
-        path = draw(st.sampled_from(_paths(data)))
+        path = draw(st.sampled_from(node_paths(data)))
         change = draw(st.sampled_from(["drop", "add", "replace", "nest", "swap-payload", "swap-type"]))
         if change == "swap-payload" and isinstance(data, dict):
             other = draw(st.sampled_from(list(MessageType)))

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from types import FrameType
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 
@@ -174,3 +175,15 @@ def trial(target: str, *, limit_seconds: float = 30.0) -> Iterator[Trial]:
         tally.refused += 1
     if outcome.note:
         tally.notes[outcome.note] = tally.notes.get(outcome.note, 0) + 1
+
+
+def node_paths(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path (keys and indexes) of every node of JSON-like ``data``, its root included."""
+    found = [prefix]
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found += node_paths(value, (*prefix, key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found += node_paths(value, (*prefix, index))
+    return found

@@ -22,6 +22,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from chiffon.resources.yamlio import DEFAULT_LIMITS, dump_yaml, load_yaml_documents
+from tests.fuzz.harness import node_paths
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples" / "intents"
 EXAMPLE_FILES: dict[str, str] = {
@@ -332,17 +333,6 @@ plain_values = st.recursive(
 )
 
 
-def _paths(data: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix]
-    if isinstance(data, dict):
-        for key, value in data.items():
-            found += _paths(value, (*prefix, key))
-    elif isinstance(data, list):
-        for index, value in enumerate(data):
-            found += _paths(value, (*prefix, index))
-    return found
-
-
 def _mutate_data(data: Any, path: tuple[Any, ...], action: str, value: Any) -> Any:
     """A copy of ``data`` with the node at ``path`` dropped, replaced, wrapped or given a sibling."""
     if not path:
@@ -380,7 +370,7 @@ def mutated_example_data(draw: st.DrawFn) -> tuple[str, str]:
     """An example intent, its data changed at one to three places, dumped back to YAML."""
     name, data = draw(st.sampled_from(EXAMPLE_DATA))
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        path = draw(st.sampled_from(_paths(data)))
+        path = draw(st.sampled_from(node_paths(data)))
         action = draw(st.sampled_from(["drop", "replace", "sibling", "wrap"]))
         data = _mutate_data(data, path, action, draw(plain_values))
     return name, dump_yaml(data)
