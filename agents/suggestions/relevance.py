@@ -7,6 +7,7 @@ controller's suggestion scanner (which service a new suggestion is audited under
 from __future__ import annotations
 
 import functools
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -68,12 +69,12 @@ def _read_cached(path: Path, parse: Callable[[str], frozenset[str]]) -> frozense
     with its roles' meta files took most of the request's time.
     """
     try:
-        stat = path.stat()
+        info = path.stat()
     except OSError:
         return frozenset()
-    if not path.is_file():
+    if not stat.S_ISREG(info.st_mode):  # from the stat already taken, not a second one
         return frozenset()
-    return _parsed(path, stat.st_mtime_ns, stat.st_size, parse)
+    return _parsed(path, info.st_mtime_ns, info.st_size, parse)
 
 
 @functools.lru_cache(maxsize=1024)
